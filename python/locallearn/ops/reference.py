@@ -96,3 +96,81 @@ def similarity_matching_loss(
     if target is None:
         target = label_similarity_matrix(labels, num_classes, similarity.dtype)
     return (similarity - target.to(similarity.dtype)).square().mean()
+
+
+def _locally_connected_patches(
+    input: Tensor, kernel_size: tuple[int, int], stride, padding, dilation
+) -> Tensor:
+    """The receptive fields of every output location, (B, C_in·kh·kw, L_out), ordered
+    (c, i, j) within a patch like the last dim of the locally-connected weight."""
+    return torch.nn.functional.unfold(input, kernel_size, dilation=dilation, padding=padding, stride=stride)
+
+
+def locally_connected2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """Convolution without weight sharing: out[b, o, l] = Σ_k W[l, o, k] · patch_l(x_b)[k] + bias[o, l].
+
+    input (B, C_in, H, W), weight (L_out, C_out, C_in·kh·kw), bias (C_out, H_out, W_out)
+    or None → (B, C_out, H_out, W_out), computed in the opmath dtype and returned in
+    input's dtype.
+    """
+    dtype = opmath_dtype(input.dtype)
+    out_h, out_w = locally_connected_output_size(input.shape[-2:], kernel_size, stride, padding, dilation)
+    patches = _locally_connected_patches(input.to(dtype), kernel_size, stride, padding, dilation)
+    output = torch.einsum("bkl,lok->bol", patches, weight.to(dtype))
+    output = output.reshape(input.shape[0], weight.shape[1], out_h, out_w)
+    if bias is not None:
+        output = output + bias.to(dtype)
+    return output.to(input.dtype)
+
+
+def locally_connected2d_transpose(
+    grad_output: Tensor,
+    weight: Tensor,
+    input_size: tuple[int, int],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """The adjoint of :func:`locally_connected2d` in its input: (B, C_out, H_out, W_out) →
+    (B, C_in, H, W) with ⟨LC(x), y⟩ = ⟨x, LCᵀ(y)⟩. It is the input gradient of the
+    layer, and the transpose map seed 003 §5.4 uses for inverses of LC layers."""
+    dtype = opmath_dtype(grad_output.dtype)
+    patches = torch.einsum("bol,lok->bkl", grad_output.to(dtype).flatten(2), weight.to(dtype))
+    grad_input = torch.nn.functional.fold(
+        patches, tuple(input_size), kernel_size, dilation=dilation, padding=padding, stride=stride
+    )
+    return grad_input.to(grad_output.dtype)
+
+
+def locally_connected2d_weight_grad(
+    input: Tensor,
+    grad_output: Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """Gradient of Σ ⟨LC(x; W), grad_output⟩ in W: (L_out, C_out, C_in·kh·kw), summed over
+    the batch, in input's dtype."""
+    dtype = opmath_dtype(input.dtype)
+    patches = _locally_connected_patches(input.to(dtype), kernel_size, stride, padding, dilation)
+    return torch.einsum("bkl,bol->lok", patches, grad_output.to(dtype).flatten(2)).to(input.dtype)
+
+
+def locally_connected_output_size(
+    input_size: tuple[int, int], kernel_size, stride, padding, dilation
+) -> tuple[int, int]:
+    """(H_out, W_out) of a convolution-shaped window sweep, as for ``torch.nn.Conv2d``."""
+    return tuple(
+        (size + 2 * pad - dil * (kernel - 1) - 1) // step + 1
+        for size, kernel, step, pad, dil in zip(input_size, kernel_size, stride, padding, dilation)
+    )
