@@ -63,8 +63,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"locallearn train: error: {error}", file=sys.stderr)
         return 2
     if record:
-        print(f"epoch {record['epoch']}: test error {record['test_error']:.4f}, "
-              f"train error {record['train_error']:.4f}, {record['images_per_s']:.0f} images/s")
+        error = trainer.rule.model.task.error_name
+        print(f"epoch {record['epoch']}: test {error} {record['test_error']:.4f}, "
+              f"train {error} {record['train_error']:.4f}, {record['images_per_s']:.0f} images/s")
     return 0
 
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from locallearn.engine.checkpoint import load_checkpoint, save_atomic
@@ -129,7 +128,7 @@ class Trainer:
                                **{key: (value / window_images).item() for key, value in window.items()},
                                "images_per_s": window_images / elapsed}
                 self.log.write(step_record)
-                bar.set_postfix(loss=f"{step_record['loss']:.3f}", acc=f"{1 - step_record['train_error']:.3f}",
+                bar.set_postfix(loss=f"{step_record['loss']:.3f}", err=f"{step_record['train_error']:.3f}",
                                 img_s=f"{step_record['images_per_s']:.0f}")
                 window, window_images, window_started = {}, 0, time.perf_counter()
         if self.rule.needs_epoch_pass:
@@ -145,19 +144,22 @@ class Trainer:
                   "train_seconds": seconds, "peak_memory_mb": _peak_memory_mb(device)}
         self.log.write(record)
         if self.progress:
-            tqdm.write(f"epoch {epoch + 1}/{self.schedule.epochs}: train error {record['train_error']:.4f}, "
-                       f"test error {test_error:.4f}, {record['images_per_s']:.0f} images/s")
+            error = self.rule.model.task.error_name
+            tqdm.write(f"epoch {epoch + 1}/{self.schedule.epochs}: train {error} {record['train_error']:.4f}, "
+                       f"test {error} {test_error:.4f}, {record['images_per_s']:.0f} images/s")
         return record
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
-        """(mean cross-entropy, error rate) of the rule's predictions on the test set."""
+        """(mean output loss, error) of the rule's predictions on the test set: cross-entropy
+        and error rate, or an autoencoder's squared error and mean squared error per feature."""
+        task = self.rule.model.task
         loss = errors = 0.0
         count = 0
         for x, y in self.test_loader.epoch(None):
-            logits = self.rule.predict(x)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            errors += logits.argmax(dim=1).ne(y).sum().item()
+            output = self.rule.predict(x)
+            loss += task.loss(output, x, y, reduction="sum").item()
+            errors += task.error(output, x, y).item() * len(y)
             count += len(y)
         return loss / count, errors / count
 

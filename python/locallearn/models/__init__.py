@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from locallearn.models.allcnn import allcnn
 from locallearn.models.init import INIT_SCHEMES, initialize
-from locallearn.models.mlp import mlp
+from locallearn.models.mlp import autoencoder, mlp
 from locallearn.models.network import ACTIVATIONS, BlockSpec, HiddenBlock, Network
+from locallearn.models.tasks import Classification, Reconstruction, Task
 from locallearn.models.vgg import vgg
 
-MODEL_NAMES = ("mlp", "vgg8b", "vgg11b", "allcnn-c", "allcnn-c-short")
+MODEL_NAMES = ("mlp", "vgg8b", "vgg11b", "allcnn-c", "allcnn-c-short", "autoencoder")
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, depth: int = 3, width: int = 1024,
                 width_multiplier: float = 1.0, activation: str = "relu", dropout: float = 0.0,
                 batch_norm: bool = True) -> Network:
-    """One of ``MODEL_NAMES``; ``depth``/``width`` apply to the MLP, ``width_multiplier`` to the conv nets."""
+    """One of ``MODEL_NAMES``; ``depth``/``width`` apply to the MLP, ``width_multiplier`` to the conv nets.
+    The autoencoder (seed 003 §5.5) reconstructs its input and ignores ``num_classes``."""
     common = dict(activation=activation, dropout=dropout, batch_norm=batch_norm)
     if name == "mlp":
         return mlp(input_shape, num_classes, depth=depth, width=width, **common)
@@ -26,8 +28,10 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, de
         return vgg(name, input_shape, num_classes, width_multiplier=width_multiplier, **common)
     if name in ("allcnn-c", "allcnn-c-short"):
         return allcnn(name, input_shape, num_classes, width_multiplier=width_multiplier, **common)
+    if name == "autoencoder":
+        return autoencoder(input_shape, **common)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 
-__all__ = ["ACTIVATIONS", "INIT_SCHEMES", "MODEL_NAMES", "BlockSpec", "HiddenBlock", "Network", "build_model",
-           "initialize"]
+__all__ = ["ACTIVATIONS", "INIT_SCHEMES", "MODEL_NAMES", "BlockSpec", "Classification", "HiddenBlock", "Network",
+           "Reconstruction", "Task", "build_model", "initialize"]

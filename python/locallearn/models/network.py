@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from locallearn.models.tasks import Classification, Task
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(0.01),  # seed 004 §4: slope 0.01 for sim / predsim
@@ -106,16 +108,20 @@ class ConvOutput(nn.Module):
 
 
 class Network(nn.Module):
-    """Hidden blocks in order, then the output layer; ``forward`` gives logits."""
+    """Hidden blocks in order, then the output layer; ``forward`` gives the output (logits,
+    or a reconstruction). ``num_classes`` is the number of output units; ``task`` says
+    what they are trained to be (default: classification into ``num_classes`` classes)."""
 
     def __init__(self, name: str, input_shape: tuple[int, ...], num_classes: int, specs: list[BlockSpec], *,
-                 activation: str, dropout: float, batch_norm: bool, conv_output: bool = False) -> None:
+                 activation: str, dropout: float, batch_norm: bool, conv_output: bool = False,
+                 task: Task | None = None) -> None:
         super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.name, self.input_shape, self.num_classes = name, tuple(input_shape), num_classes
+        self.task = Classification(num_classes) if task is None else task
         self.blocks = nn.ModuleList()
         self.block_shapes: list[tuple[int, ...]] = []
         shape = self.input_shape

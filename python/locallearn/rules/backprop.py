@@ -1,20 +1,21 @@
-"""Global back-propagation of the output cross-entropy: the baseline (seed 004's
-"glob" loss) every table compares the local rules against."""
+"""Global back-propagation of the output loss (the cross-entropy, or an autoencoder's
+reconstruction error): the baseline (seed 004's "glob" loss) every table compares the
+local rules against."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from locallearn.models import Network
-from locallearn.rules.base import Rule, at_least_float32, classification_error
+from locallearn.rules.base import Rule
 
 
 class Backprop(Rule):
-    """One Adam optimiser over the whole network, cross-entropy at the output."""
+    """One optimiser over the whole network, the task's loss at the output."""
 
     name = "backprop"
+    tasks = ("classification", "reconstruction")
 
     def __init__(self, model: Network, *, lr: float, optimizer: str = "adam", weight_decay: float = 0.0,
                  amp: bool = False) -> None:
@@ -25,12 +26,12 @@ class Backprop(Rule):
         self.model.train()
         with self.autocast():
             logits = self.model(x)
-            loss = F.cross_entropy(at_least_float32(logits), y)
+            loss = self.model.task.loss(logits, x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         loss = loss.detach()
-        return {"loss": loss, "loss/output": loss, "train_error": classification_error(logits, y)}
+        return {"loss": loss, "loss/output": loss, "train_error": self.model.task.error(logits, x, y)}
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from locallearn.models import Network
+from locallearn.models.tasks import at_least_float32  # noqa: F401  (re-exported for the rules)
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
@@ -27,9 +28,14 @@ class Rule(ABC):
     the caller decides when to synchronise with the device."""
 
     name: str = ""
+    tasks: tuple[str, ...] = ("classification",)
+    """The tasks (``Network.task.name``) the rule can train; see :mod:`locallearn.models.tasks`."""
 
     def __init__(self, model: Network, *, lr: float, optimizer: str = "adam", weight_decay: float = 0.0,
                  amp: bool = False) -> None:
+        if model.task.name not in self.tasks:
+            raise ValueError(f"rule {self.name!r} trains {' and '.join(self.tasks)} networks; {model.name} is a "
+                             f"{model.task.name} network")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if optimizer not in OPTIMIZERS:
@@ -124,14 +130,3 @@ class Rule(ABC):
         modules.load_state_dict(given)
         for optimizer, optimizer_state in zip(optimizers, state["optimizers"]):
             optimizer.load_state_dict(optimizer_state)
-
-
-def at_least_float32(logits: Tensor) -> Tensor:
-    """The logits in float32, or float64 for a float64 network (losses and errors at
-    the network's precision, whatever autocast computed the logits in)."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
-def classification_error(logits: Tensor, labels: Tensor) -> Tensor:
-    """Fraction of the batch whose arg-max logit is not the label (0-d, detached)."""
-    return logits.detach().argmax(dim=1).ne(labels).float().mean()

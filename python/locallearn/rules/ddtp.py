@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from locallearn.models import Network
-from locallearn.rules.base import Rule, at_least_float32, classification_error
+from locallearn.rules.base import Rule, at_least_float32
 
 FEEDBACK_SCHEDULES = ("epoch", "step")
 
@@ -118,7 +118,7 @@ class DirectDifferenceTargetProp(Rule):
         cross_entropy = F.cross_entropy(logits.detach(), y)
         metrics.update({f"loss/block{index}": loss.detach() for index, loss in enumerate(losses)})
         return {"loss": cross_entropy, "loss/output": cross_entropy, **metrics,
-                "train_error": classification_error(logits, y)}
+                "train_error": self.model.task.error(logits, x, y)}
 
     def output_target(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Eq. (8): ĥ_L = h_L − η̂ ∂ℒ/∂h_L, the gradient of each example's own

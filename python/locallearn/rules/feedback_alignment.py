@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from locallearn.models import Network
 from locallearn.nn import DirectFeedback, convert_to_feedback_alignment
 from locallearn.rules.backprop import Backprop
-from locallearn.rules.base import Rule, at_least_float32, classification_error
+from locallearn.rules.base import Rule, at_least_float32
 
 
 class FeedbackAlignment(Backprop):
@@ -83,7 +83,7 @@ class DirectFeedbackAlignment(Rule):
             h.backward(self.feedback(error, layer).view_as(h).to(h.dtype))
         self.optimizer.step()
         loss = loss.detach()
-        return {"loss": loss, "loss/output": loss, "train_error": classification_error(logits, y)}
+        return {"loss": loss, "loss/output": loss, "train_error": self.model.task.error(logits, x, y)}
 
 
 RULES = {"fa": FeedbackAlignment, "dfa": DirectFeedbackAlignment}

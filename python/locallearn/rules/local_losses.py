@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from locallearn.models import Network
 from locallearn.nn import PredictionHead, SimilarityHead
 from locallearn.ops import similarity_matching_loss, similarity_matrix
-from locallearn.rules.base import Rule, classification_error
+from locallearn.rules.base import Rule
 
 DEFAULT_BETA = {"predsim": 0.99, "predsim-bio": 0.01}
 LOCAL_LOSS_NAMES = ("pred", "sim", "predsim", "pred-bio", "sim-bio", "predsim-bio")
@@ -120,7 +120,7 @@ class LocalLosses(Rule):
         self.output_optimizer.step()
         output_loss = output_loss.detach()
         metrics["loss/output"] = output_loss
-        return {"loss": output_loss, **metrics, "train_error": classification_error(logits, y)}
+        return {"loss": output_loss, **metrics, "train_error": self.model.task.error(logits, x, y)}
 
     def _targets(self, labels: Tensor) -> dict[str, Tensor]:
         """For the -bio losses: the binarised projection (pred) and its similarity matrix (sim)."""

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from locallearn.models import Network
 from locallearn.models.network import LinearOutput
-from locallearn.rules.base import Rule, at_least_float32, classification_error
+from locallearn.rules.base import Rule, at_least_float32
 
 UPDATE_RULES = (1, 2)
 
@@ -148,7 +148,7 @@ class LocalRepresentationAlignment(Rule):
         metrics = {f"loss/block{index}": self.local_loss.value(target, z).mean()
                    for index, (target, z) in enumerate(zip(state.targets[:-1], state.post_activations[:-1]))}
         return {"loss": output_loss, "loss/output": output_loss, **metrics,
-                "train_error": classification_error(logits, y)}
+                "train_error": self.model.task.error(logits, x, y)}
 
     @torch.no_grad()
     def compute_targets(self, x: Tensor, y: Tensor) -> Representations:

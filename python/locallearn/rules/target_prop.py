@@ -4,7 +4,8 @@ and 2), each optionally with seed 003 §5.6's hybrid targets.
 
 Hidden layer ℓ (h_ℓ = f_ℓ(h_{ℓ−1}), one hidden block) learns from the local loss
 ‖f_ℓ(h_{ℓ−1}) − ĥ_ℓ‖² (summed over units, averaged over the batch) with h_{ℓ−1}
-detached; the output layer learns from the cross-entropy. Targets run down through
+detached; the output layer learns from the output loss L (the cross-entropy, or the
+reconstruction error of seed 003 §5.5's autoencoder, see :mod:`locallearn.models.tasks`). Targets run down through
 learned inverses g_ℓ(h_ℓ) = σ(V_ℓ h_ℓ + c_ℓ) with the difference correction of eq. (2),
 
     ĥ_{ℓ−1} = h_{ℓ−1} + g_ℓ(ĥ_ℓ) − g_ℓ(h_ℓ),
@@ -14,14 +15,14 @@ whatever g_ℓ is). The first hidden layer has no inverse. The variants differ i
 target and in how the inverses learn, from activity corrupted by ε ~ N(0, σ²):
 
 - dtp: ĥ_{L−1} = h_{L−1} − α ∂L/∂h_{L−1}, one gradient step (α = ``target_step``) through
-  the output layer, L the example's own cross-entropy; noise-preserving inverses (seed 003 §5.1):
+  the output layer, L the example's own output loss; noise-preserving inverses (seed 003 §5.1):
   ‖g_ℓ(f_ℓ(h_{ℓ−1} + ε)) − (h_{ℓ−1} + ε)‖².
 - dtp-sigma: dtp with seed 002's targets (eq. (8)), inverse loss (eq. (9)) and
   per-layer noise σ_ℓ = σ_{ℓ+1} − L_ℓ(ĥ_{ℓ−1}, h_{ℓ−1}), σ_L = α (eq. (10)); see
   :class:`DTPSigma` for how the paper's ambiguities are read.
 - sdtp: no gradient at all: the output layer has an inverse g_L from the predicted class
   distribution o = softmax(logits), and ĥ_{L−1} = h_{L−1} − g_L(o) + g_L(ô) with ô the
-  one-hot label (Algorithm 1); denoising inverses (§5.1): ‖h_{ℓ−1} − g_ℓ(f_ℓ(h_{ℓ−1} + ε))‖².
+  one-hot label (Algorithm 1); an autoencoder's o is its reconstruction and ô the input; denoising inverses (§5.1): ‖h_{ℓ−1} − g_ℓ(f_ℓ(h_{ℓ−1} + ε))‖².
 - ao-sdtp: sdtp whose output is [o, z], z fixed random features of h_{L−1}, so that
   ĥ_{L−1} = h_{L−1} − g_L(o, z) + g_L(ô, z) (eq. (3), Algorithm 2).
 
@@ -48,10 +49,9 @@ from abc import abstractmethod
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from locallearn.models import Network
-from locallearn.rules.base import Rule, classification_error
+from locallearn.rules.base import Rule
 from locallearn.rules.inverses import LayerInverse, RandomFeatures, check_invertible
 
 SCHEDULES = ("parallel", "alternating")
@@ -72,6 +72,7 @@ class TargetPropagation(Rule):
     replays a step. Inverses have their own optimiser at ``inverse_lr`` (default ``lr``),
     as seed 003 §5.3 tunes separate Adam optimisers for forward and inverse weights."""
 
+    tasks = ("classification", "reconstruction")
     denoising = False
     """Seed 003 §5.1: DTP's inverses reconstruct the corrupted activity, SDTP's the clean one."""
 
@@ -125,10 +126,10 @@ class TargetPropagation(Rule):
         self.model.train()
         self.inverses.train()
         inputs, activities, logits = self._forward(x)
-        targets = self._targets(inputs, activities, logits, y)
+        targets = self._targets(inputs, activities, logits, x, y)
         block_losses = [(widened(activity) - target).pow(2).sum(1).mean()
                         for activity, target in zip(activities, targets)]
-        output_loss = F.cross_entropy(widened(logits), y)
+        output_loss = self.model.task.loss(logits, x, y)
         metrics = {f"loss/block{k}": loss.detach() for k, loss in enumerate(block_losses)}
         minimised = [*block_losses, output_loss] if self.trains_forward else []
         if self.trains_inverses:
@@ -147,13 +148,13 @@ class TargetPropagation(Rule):
             self.inverse_optimizer.step()
         output_loss = output_loss.detach()
         return {"loss": output_loss, "loss/output": output_loss, **metrics,
-                "train_error": classification_error(logits, y)}
+                "train_error": self.model.task.error(logits, x, y)}
 
     def targets(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """The hidden activities h_1 … h_{L−1} (training mode) and their targets ĥ_ℓ."""
         self.model.train()
         inputs, activities, logits = self._forward(x)
-        targets = self._targets(inputs, activities, logits, y)
+        targets = self._targets(inputs, activities, logits, x, y)
         return [widened(activity.detach()) for activity in activities], targets
 
     @abstractmethod
@@ -161,12 +162,13 @@ class TargetPropagation(Rule):
         """The standard deviation σ of the noise each inverse learns from, by inverse."""
 
     @abstractmethod
-    def _top_target(self, h_top: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+    def _top_target(self, h_top: Tensor, logits: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """ĥ_{L−1}, the target of the last hidden layer (``h_top`` is its activity, a leaf)."""
 
-    def _output_code(self, distribution: Tensor, h_top: Tensor) -> Tensor:
-        """The output activity the output layer's inverse reads (SDTP: the class distribution)."""
-        return distribution
+    def _output_code(self, activity: Tensor, h_top: Tensor) -> Tensor:
+        """What the output layer's inverse reads: the output activity (SDTP: the class
+        distribution; an autoencoder's reconstruction)."""
+        return activity
 
     def _forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """Each block's input (detached: a leaf that requires grad where a transposed
@@ -188,15 +190,16 @@ class TargetPropagation(Rule):
     _top_uses_gradient = False
     """Whether the top target takes a gradient step without hybrid targets (DTP)."""
 
-    def _loss_gradient(self, h_top: Tensor, logits: Tensor, y: Tensor) -> Tensor:
-        """∂L/∂h_{L−1} of every example's own cross-entropy (not of the batch mean)."""
-        loss = F.cross_entropy(widened(logits), y, reduction="sum")
+    def _loss_gradient(self, h_top: Tensor, logits: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """∂L/∂h_{L−1} of every example's own output loss (not of the batch mean)."""
+        loss = self.model.task.loss(logits, x, y, reduction="sum")
         return widened(torch.autograd.grad(loss, h_top, retain_graph=True)[0])
 
-    def _targets(self, inputs: list[Tensor], activities: list[Tensor], logits: Tensor, y: Tensor) -> list[Tensor]:
+    def _targets(self, inputs: list[Tensor], activities: list[Tensor], logits: Tensor, x: Tensor,
+                 y: Tensor) -> list[Tensor]:
         """ĥ_1 … ĥ_{L−1}, top down: eq. (2) mixed with g_bp as §5.6 says (module docstring)."""
         alpha = self.hybrid_alpha
-        targets = [self._top_target(inputs[-1], logits, y)]
+        targets = [self._top_target(inputs[-1], logits, x, y)]
         for k in range(len(activities) - 1, 0, -1):
             h, h_target, h_below = activities[k], targets[0], inputs[k]
             step = widened(torch.zeros_like(h_below))
@@ -217,7 +220,7 @@ class TargetPropagation(Rule):
             h = inputs[-1].detach()
 
             def layer(h_in: Tensor) -> Tensor:
-                return self._output_code(widened(self.model.output(h_in)).softmax(dim=1).to(h_in.dtype), h_in)
+                return self._output_code(self.model.task.output_activity(self.model.output(h_in)), h_in)
         else:
             k = int(key.removeprefix("block"))
             h, layer = inputs[k].detach(), self.model.blocks[k]
@@ -253,8 +256,8 @@ class DTP(TargetPropagation):
     def noise_levels(self, activities: list[Tensor], targets: list[Tensor]) -> dict[str, Tensor | float]:
         return {key: self.inverse_noise for key in self.inverses}
 
-    def _top_target(self, h_top: Tensor, logits: Tensor, y: Tensor) -> Tensor:
-        return widened(h_top.detach()) - self.target_step * self._loss_gradient(h_top, logits, y)
+    def _top_target(self, h_top: Tensor, logits: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return widened(h_top.detach()) - self.target_step * self._loss_gradient(h_top, logits, x, y)
 
 
 class DTPSigma(DTP):
@@ -327,20 +330,21 @@ class SDTP(TargetPropagation):
     def noise_levels(self, activities: list[Tensor], targets: list[Tensor]) -> dict[str, Tensor | float]:
         return {key: self.inverse_noise for key in self.inverses}
 
-    def _top_target(self, h_top: Tensor, logits: Tensor, y: Tensor) -> Tensor:
-        """ĥ_{L−1} = h_{L−1} − g_L(o) + g_L(ô), with §5.6's g_bp term when hybrid."""
+    def _top_target(self, h_top: Tensor, logits: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """ĥ_{L−1} = h_{L−1} − g_L(o) + g_L(ô), with §5.6's g_bp term when hybrid; o is the
+        output activity, ô = argmin L (the one-hot label; the input for an autoencoder)."""
         alpha = self.hybrid_alpha
         target = widened(h_top.detach())
         if alpha < 1:
             h = h_top.detach()
-            predicted = widened(logits.detach()).softmax(dim=1).to(h.dtype)
-            correct = F.one_hot(y, self.model.num_classes).to(h.dtype)
+            predicted = self.model.task.output_activity(logits.detach()).to(h.dtype)
+            correct = self.model.task.best_output(x, y).to(h.dtype)
             inverse = self.inverses["output"]
             with torch.no_grad(), self.autocast():
                 difference = inverse(self._output_code(correct, h)) - inverse(self._output_code(predicted, h))
             target = target + (1 - alpha) * widened(difference)
         if alpha > 0:
-            target = target - alpha * self._loss_gradient(h_top, logits, y)
+            target = target - alpha * self._loss_gradient(h_top, logits, x, y)
         return target
 
 
