@@ -20,7 +20,7 @@ STAMP := $(VENV)/.locallearn-installed
 endif
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc -type f)
 
-.PHONY: install demo test bench wheel check-kernels clean
+.PHONY: install demo test bench wheel check-kernels check-glue clean
 
 install: $(STAMP)
 
@@ -55,6 +55,20 @@ check-kernels:
 		echo "nvcc -c $$kernel ($(CUDA_ARCHS))"; \
 		$(NVCC) -c -std=c++17 -O3 $(foreach arch,$(CUDA_ARCHS),-gencode arch=compute_$(arch),code=sm_$(arch)) \
 			"$$kernel" -o /dev/null || exit 1; \
+	done
+
+# Compiles the torch glue of the CUDA ops (csrc/cuda/*.cpp) against the installed
+# torch's headers without a CUDA torch (nvcc hands the C++ to the host compiler with
+# the CUDA include paths): a CPU wheel ships the c10/cuda headers but not the
+# generated cuda_cmake_macros.h, stubbed here.
+check-glue: install
+	@command -v $(NVCC) >/dev/null || { echo "check-glue: $(NVCC) not found" >&2; exit 1; }
+	@stub=$$(mktemp -d) && mkdir -p $$stub/c10/cuda/impl && echo '#pragma once' > $$stub/c10/cuda/impl/cuda_cmake_macros.h; \
+	torch_includes=$$($(PY) -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))"); \
+	for glue in csrc/cuda/*.cpp; do \
+		echo "nvcc -x c++ -c $$glue"; \
+		$(NVCC) -x c++ -std=c++17 -w -c -DLOCALLEARN_WITH_CUDA=1 -I$$stub $$torch_includes "$$glue" -o /dev/null \
+			|| exit 1; \
 	done
 
 clean:

@@ -15,9 +15,9 @@ namespace {
 void forward_pass_cuda(const at::Tensor& rows, at::Tensor& std_out, at::Tensor& mean_out) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(), "channel_std_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    C10_CUDA_CHECK(kernels::launch_channel_std<cuda_type<scalar_t>, acc_t>(
+    C10_CUDA_CHECK((kernels::launch_channel_std<cuda_type<scalar_t>, acc_t>(
         device_ptr<scalar_t>(rows), rows.size(0), rows.size(1), std_out.mutable_data_ptr<acc_t>(),
-        mean_out.mutable_data_ptr<acc_t>(), current_stream()));
+        mean_out.mutable_data_ptr<acc_t>(), current_stream())));
   });
 }
 
@@ -25,10 +25,10 @@ void backward_pass_cuda(const at::Tensor& grad_std, const at::Tensor& rows, cons
                         const at::Tensor& deviation, at::Tensor& grad_rows) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(), "channel_std_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    C10_CUDA_CHECK(kernels::launch_channel_std_backward<cuda_type<scalar_t>, acc_t>(
+    C10_CUDA_CHECK((kernels::launch_channel_std_backward<cuda_type<scalar_t>, acc_t>(
         grad_std.const_data_ptr<acc_t>(), device_ptr<scalar_t>(rows), mean.const_data_ptr<acc_t>(),
         deviation.const_data_ptr<acc_t>(), rows.size(0), rows.size(1), mutable_device_ptr<scalar_t>(grad_rows),
-        current_stream()));
+        current_stream())));
   });
 }
 

@@ -17,9 +17,9 @@ namespace {
 void normalize_rows_cuda(const at::Tensor& features, at::Tensor& normalized, at::Tensor& row_stats) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "normalize_rows_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    C10_CUDA_CHECK(kernels::launch_normalize_rows<cuda_type<scalar_t>, acc_t>(
+    C10_CUDA_CHECK((kernels::launch_normalize_rows<cuda_type<scalar_t>, acc_t>(
         device_ptr<scalar_t>(features), features.size(0), features.size(1),
-        mutable_device_ptr<scalar_t>(normalized), row_stats.mutable_data_ptr<acc_t>(), current_stream()));
+        mutable_device_ptr<scalar_t>(normalized), row_stats.mutable_data_ptr<acc_t>(), current_stream())));
   });
 }
 
@@ -27,10 +27,10 @@ void residual_cuda(const at::Tensor& gram, const std::optional<at::Tensor>& labe
                    const std::optional<at::Tensor>& target, at::Tensor& residual, at::Tensor& row_stats) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, residual.scalar_type(), "residual_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    C10_CUDA_CHECK(kernels::launch_similarity_residual<cuda_type<scalar_t>, acc_t>(
+    C10_CUDA_CHECK((kernels::launch_similarity_residual<cuda_type<scalar_t>, acc_t>(
         gram.const_data_ptr<acc_t>(), gram.size(0), labels ? labels->const_data_ptr<int64_t>() : nullptr,
         num_classes, target ? target->const_data_ptr<acc_t>() : nullptr, mutable_device_ptr<scalar_t>(residual),
-        row_stats.mutable_data_ptr<acc_t>(), current_stream()));
+        row_stats.mutable_data_ptr<acc_t>(), current_stream())));
   });
 }
 
@@ -38,10 +38,10 @@ void gradient_cuda(const at::Tensor& grad_loss, const at::Tensor& product, const
                    const at::Tensor& row_stats, at::Tensor& grad_features) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, normalized.scalar_type(), "gradient_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    C10_CUDA_CHECK(kernels::launch_similarity_gradient<cuda_type<scalar_t>, acc_t>(
+    C10_CUDA_CHECK((kernels::launch_similarity_gradient<cuda_type<scalar_t>, acc_t>(
         grad_loss.const_data_ptr<acc_t>(), product.const_data_ptr<acc_t>(), device_ptr<scalar_t>(normalized),
         row_stats.const_data_ptr<acc_t>(), normalized.size(0), normalized.size(1),
-        mutable_device_ptr<scalar_t>(grad_features), current_stream()));
+        mutable_device_ptr<scalar_t>(grad_features), current_stream())));
   });
 }
 
