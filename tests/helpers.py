@@ -1,6 +1,9 @@
 """Shared test utilities."""
 
 import functools
+import importlib
+import sys
+from pathlib import Path
 
 import torch
 
@@ -45,6 +48,41 @@ def cuda_param(value):
     import pytest
 
     return pytest.param(value, marks=pytest.mark.cuda)
+
+
+def require_native(device: str) -> str:
+    """For tests about the native ops: fail rather than test the fallback."""
+    import pytest
+
+    from locallearn import _native
+
+    if device not in _native.built_devices:
+        pytest.fail(f"locallearn._C does not serve {device}: {_native.load_error or 'built without it'}")
+    return device
+
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The script benchmarks/<name>.py as a module. Its folder goes first on sys.path, as
+    when the script runs, so that its ``from common import ...`` finds benchmarks/common.py."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def meta_model(*args, **kwargs):
+    """``build_model`` on the meta device: even the 260M-parameter lc-imagenet network or
+    the 91M-parameter VGG11B(3x) costs no memory or time."""
+    from locallearn.models import build_model
+
+    with torch.device("meta"):
+        return build_model(*args, **kwargs)
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,7 +3,7 @@ reference, forward and backward, on fresh random inputs of odd sizes."""
 
 import pytest
 import torch
-from helpers import cuda_param, opposing_target, random_features, random_labels, relative_error
+from helpers import cuda_param, opposing_target, random_features, random_labels, relative_error, require_native
 
 import locallearn
 from locallearn import _native
@@ -20,13 +20,6 @@ def tolerance(device: str, dtype: torch.dtype) -> float:
     if dtype == torch.float64:
         return 1e-10
     return 1e-5 if device == "cpu" else 1e-4
-
-
-def require_native(device: str) -> str:
-    """These tests are about the native ops: fail rather than test the fallback."""
-    if device not in _native.built_devices:
-        pytest.fail(f"locallearn._C does not serve {device}: {_native.load_error or 'built without it'}")
-    return device
 
 
 @pytest.fixture(params=["cpu", cuda_param("cuda")])

@@ -5,9 +5,30 @@ Each public function validates its input, then runs the native op from
 """
 
 from locallearn.ops.channel_std import channel_std
+from locallearn.ops.locally_connected import (
+    locally_connected2d,
+    locally_connected2d_transpose,
+    locally_connected2d_weight_grad,
+    locally_connected_output_size,
+)
 from locallearn.ops.similarity_matching import similarity_matching_loss, similarity_matrix
 
-NATIVE_OPS = ("similarity_matching_loss", "channel_std")
+NATIVE_OPS = (
+    "similarity_matching_loss",
+    "channel_std",
+    "locally_connected2d",
+    "locally_connected2d_transpose",
+    "locally_connected2d_weight_grad",
+)
 """Names of the ops in the ``locallearn`` dispatcher namespace."""
 
-__all__ = ["NATIVE_OPS", "channel_std", "similarity_matching_loss", "similarity_matrix"]
+__all__ = [
+    "NATIVE_OPS",
+    "channel_std",
+    "locally_connected2d",
+    "locally_connected2d_transpose",
+    "locally_connected2d_weight_grad",
+    "locally_connected_output_size",
+    "similarity_matching_loss",
+    "similarity_matrix",
+]
