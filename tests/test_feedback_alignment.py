@@ -13,14 +13,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from locallearn.models import build_model
-from locallearn.nn import (Conv2dFeedbackAlignment, DirectFeedback, LinearFeedbackAlignment,
-                           convert_to_feedback_alignment, feedback_columns)
+from locallearn.nn import (Conv2dFeedbackAlignment, DirectFeedback, LinearFeedbackAlignment, LocallyConnected2d,
+                           LocallyConnectedFeedbackAlignment, convert_to_feedback_alignment, feedback_columns)
+from locallearn.ops import locally_connected2d
 from locallearn.rules import Backprop
 from locallearn.rules.feedback_alignment import RULES, DirectFeedbackAlignment, FeedbackAlignment
 
 SMALL_MODELS = {
     "mlp": lambda **kwargs: build_model("mlp", (1, 8, 8), 10, depth=3, width=32, **kwargs),
     "conv": lambda **kwargs: build_model("allcnn-c-short", (1, 8, 8), 10, width_multiplier=0.25, **kwargs),
+    "lc": lambda **kwargs: build_model("lc-mnist", (1, 8, 8), 10, width_multiplier=0.25, **kwargs),
 }
 
 
@@ -55,14 +57,15 @@ def states_equal(a: dict, b: dict) -> bool:
 
 
 def feedback_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (LinearFeedbackAlignment, Conv2dFeedbackAlignment))]
+    kinds = (LinearFeedbackAlignment, Conv2dFeedbackAlignment, LocallyConnectedFeedbackAlignment)
+    return [m for m in model.modules() if isinstance(m, kinds)]
 
 
 # ---------------------------------------------------------------- fa: layers and conversion
 
 
 @pytest.mark.parametrize("batch_norm", [True, False])
-@pytest.mark.parametrize("model_kind", ["mlp", "conv"])
+@pytest.mark.parametrize("model_kind", ["mlp", "conv", "lc"])
 def test_fa_with_feedback_equal_to_weights_is_backprop(model_kind, batch_norm, generator):
     """B = W makes every layer's backward pass backprop's: identical parameter gradients.
     With random B (the control) the hidden layers' gradients differ, the output layer's not."""
@@ -88,6 +91,18 @@ def test_fa_with_feedback_equal_to_weights_is_backprop(model_kind, batch_norm, g
     output_parameters = {id(p) for p in converted.output.parameters()}
     for parameter, fa, bp in zip(converted.parameters(), random_feedback, expected, strict=True):
         assert torch.equal(fa, bp) == (id(parameter) in output_parameters)
+
+
+def backward_through_both(layer: nn.Module, reference: nn.Module, x: torch.Tensor, generator):
+    """Forward ``x`` through the fa layer and its backprop copy (the same outputs, exactly),
+    then backward one random cotangent through each: (cotangent, fa δx, backprop δx)."""
+    x_fa, x_bp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = layer(x_fa)
+    torch.testing.assert_close(out, reference(x), rtol=0, atol=0)
+    grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    out.backward(grad_out)
+    reference(x_bp).backward(grad_out)
+    return grad_out, x_fa.grad, x_bp.grad
 
 
 def test_fa_linear_input_gradient_closed_form(generator):
@@ -119,26 +134,45 @@ def test_fa_conv_input_gradient_closed_form(stride, padding, dilation, groups, b
     layer = convert_to_feedback_alignment(nn.Sequential(conv), seed=3)[0]
     assert isinstance(layer, Conv2dFeedbackAlignment) and layer.weight is conv.weight
     x = torch.randn(3, 4, 11, 10, generator=generator, dtype=torch.float64)
-    x_fa, x_bp = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out = layer(x_fa)
-    torch.testing.assert_close(out, reference(x), rtol=0, atol=0)
-    grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float64)
-    out.backward(grad_out)
-    reference(x_bp).backward(grad_out)
+    grad_out, grad_fa, grad_bp = backward_through_both(layer, reference, x, generator)
 
     _, through_feedback = torch.func.vjp(lambda v: F.conv2d(v, layer.feedback, None, stride, padding, dilation,
                                                             groups), x)
-    torch.testing.assert_close(x_fa.grad, through_feedback(grad_out)[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_fa, through_feedback(grad_out)[0], rtol=1e-12, atol=1e-12)
     output_padding = [size - ((out_size - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1)
-                      for size, out_size in zip(x.shape[2:], out.shape[2:])]
+                      for size, out_size in zip(x.shape[2:], grad_out.shape[2:])]
     transposed = F.conv_transpose2d(grad_out, layer.feedback, None, stride, padding, output_padding, groups,
                                     dilation)
     assert transposed.shape == x.shape
-    torch.testing.assert_close(x_fa.grad, transposed, rtol=1e-12, atol=1e-12)
-    assert relative_error(x_fa.grad, x_bp.grad) > 0.1
+    torch.testing.assert_close(grad_fa, transposed, rtol=1e-12, atol=1e-12)
+    assert relative_error(grad_fa, grad_bp) > 0.1
     torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-12, atol=1e-12)
     if bias:
         torch.testing.assert_close(layer.bias.grad, grad_out.sum((0, 2, 3)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (2, 0, 1), (2, 2, 2)])
+def test_fa_locally_connected_input_gradient_closed_form(stride, padding, dilation, bias, generator):
+    """δx is the vector-Jacobian product of x ↦ LC(x; B), the locally-connected transpose
+    map with weight B (seed 003 §5.4); δW and δb are the layer's own."""
+    torch.manual_seed(0)
+    lc = LocallyConnected2d(3, 5, (9, 8), 3, stride, padding, dilation, bias=bias).double()
+    reference = copy.deepcopy(lc)
+    layer = convert_to_feedback_alignment(nn.Sequential(lc), seed=3)[0]
+    assert isinstance(layer, LocallyConnectedFeedbackAlignment) and layer.weight is lc.weight
+    bound = lc.weight.shape[-1] ** -0.5  # uniform in ±1/√fan_in, fan_in = C_in·kh·kw
+    assert 0.9 * bound < layer.feedback.abs().max() <= bound
+    x = torch.randn(2, 3, 9, 8, generator=generator, dtype=torch.float64)
+    grad_out, grad_fa, grad_bp = backward_through_both(layer, reference, x, generator)
+    v = x.clone().requires_grad_()
+    (through_feedback,) = torch.autograd.grad(locally_connected2d(v, layer.feedback, None, **layer.window()), v,
+                                              grad_out)
+    torch.testing.assert_close(grad_fa, through_feedback, rtol=1e-12, atol=1e-12)
+    assert relative_error(grad_fa, grad_bp) > 0.1
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-12, atol=1e-12)
+    if bias:
+        torch.testing.assert_close(layer.bias.grad, grad_out.sum(0), rtol=1e-12, atol=1e-12)
 
 
 def test_conversion_keeps_weights_and_draws_reproducible_buffers():
@@ -166,7 +200,7 @@ def test_conversion_keeps_weights_and_draws_reproducible_buffers():
         assert torch.equal(mine.feedback, same.feedback) and not torch.equal(mine.feedback, different.feedback)
 
 
-@pytest.mark.parametrize("model_kind", ["mlp", "conv"])
+@pytest.mark.parametrize("model_kind", ["mlp", "conv", "lc"])
 def test_fa_rule_trains_through_fixed_feedback(model_kind, generator):
     """The rule converts every layer, its gradients are backprop's at the output layer
     only, and the feedback (seeded, in the checkpoint) is in no optimiser and never changes."""

@@ -3,6 +3,7 @@ counts in Tables 1, 2, 4 and 5) and seed 000 Table I (AllCNN-C and its short var
 
 import pytest
 import torch
+from helpers import meta_model, parameter_count
 from torch import nn
 from torch.nn import functional as F
 
@@ -20,16 +21,6 @@ ALLCNN_TABLE_I = {
                  (1, 192, 1), (1, 10, 1)],
     "allcnn-c-short": [(5, 32, 2), (5, 64, 2), (8, 64, 2), (1, 10, 1)],
 }
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def meta_model(*args, **kwargs):
-    """Build on the meta device: the 91M-parameter VGG11B(3x) costs no memory or time."""
-    with torch.device("meta"):
-        return build_model(*args, **kwargs)
 
 
 def paper_vgg_parameter_count(layout: str, input_shape, num_classes: int, multiplier: int = 1) -> int:
@@ -229,13 +220,18 @@ SHAPE_CASES = [
     ("allcnn-c-short", (3, 9, 14)),
     ("mlp", (1, 8, 8)),
     ("mlp", (3, 7, 5)),
+    # Seed 003 Table 3: the locally-connected networks and their MLPs.
+    *((name, shape) for name in ("lc-mnist", "lc-cifar", "lc-imagenet", "fc-mnist", "fc-cifar")
+      for shape in ((1, 8, 8), (3, 17, 12), (2, 5, 5))),
 ]
 
 
 @pytest.mark.parametrize("name, input_shape", SHAPE_CASES)
 def test_block_shapes_match_forward(name, input_shape):
+    """Any input shape, 7 classes, tanh and dropout (inactive in eval): the block shapes
+    are what a forward gives."""
     torch.manual_seed(0)
-    model = build_model(name, input_shape, 10, width_multiplier=0.25, width=32).eval()
+    model = build_model(name, input_shape, 7, width_multiplier=0.25, width=32, activation="tanh", dropout=0.1).eval()
     assert len(model.block_shapes) == len(model.blocks)
     h = torch.randn(2, *input_shape)
     with torch.no_grad():
@@ -243,7 +239,7 @@ def test_block_shapes_match_forward(name, input_shape):
             features = block.features(h)
             assert tuple(features.shape) == (2, *shape)
             h = block.emit(features)
-        assert model.output(h).shape == (2, 10)
+        assert model.output(h).shape == (2, 7)
 
 
 @pytest.mark.parametrize("name", [name for name in MODEL_NAMES if name != "autoencoder"])  # it has no classes
@@ -328,6 +324,24 @@ def test_init_schemes_follow_their_definitions():
     first = model.blocks[0].layer.weight
     bound = (6 / (first.shape[0] + first.shape[1])) ** 0.5
     assert first.abs().max() <= bound and first.abs().max() > 0.95 * bound
+
+
+def test_init_schemes_reach_locally_connected_layers():
+    """Every location's kernel is drawn by the scheme: orthogonal per location, Gaussian
+    entries, or the layer's own Glorot bound; biases zero."""
+    torch.manual_seed(0)
+    model = build_model("lc-mnist", (1, 12, 12), 10, batch_norm=False)
+    layer = model.blocks[1].layer  # weight (9, 64, 32·3·3): 64 rows of 288 per location
+    with torch.no_grad():
+        layer.bias.fill_(1.0)
+    initialize(model, "orthogonal")
+    for kernel in layer.weight.detach().double():
+        assert torch.allclose(kernel @ kernel.T, torch.eye(64, dtype=torch.float64), atol=1e-5)
+    assert torch.all(layer.bias == 0)
+    initialize(model, "gaussian", std=0.3)
+    assert abs(layer.weight.std().item() - 0.3) < 0.01
+    initialize(model, "glorot")
+    assert 0.95 * layer.glorot_bound < layer.weight.abs().max() <= layer.glorot_bound
 
 
 def test_unknown_init_scheme_lists_the_valid_ones():

@@ -4,13 +4,16 @@ Biases are set to zero; batch-norm layers keep their (1, 0) initialisation."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+from locallearn.nn.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
 
 INIT_SCHEMES = ("default", "gaussian", "orthogonal", "glorot")
 
 
 def initialize(model: nn.Module, scheme: str = "default", std: float = 0.05) -> None:
-    """Re-initialise every linear and convolutional weight of ``model`` in place;
+    """Re-initialise every linear, convolutional and locally-connected weight of ``model`` in place;
     ``"default"`` keeps PyTorch's initialisation, ``std`` is the Gaussian's."""
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
@@ -26,5 +29,24 @@ def initialize(model: nn.Module, scheme: str = "default", std: float = 0.05) -> 
                 nn.init.orthogonal_(module.weight)
             else:
                 nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        elif isinstance(module, (LocallyConnected2d, LocallyConnectedTranspose2d)):
+            _initialize_locally_connected(module, scheme, std)
+        else:
+            continue
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _initialize_locally_connected(module: LocallyConnected2d | LocallyConnectedTranspose2d, scheme: str,
+                                  std: float) -> None:
+    """A locally-connected weight (L_out, C_out, K) is one kernel per location: Gaussian
+    entries, an orthogonal (C_out, K) matrix per location, or the module's own Glorot
+    uniform (the fans of the convolution of the same geometry)."""
+    if scheme == "gaussian":
+        nn.init.normal_(module.weight, 0.0, std)
+    elif scheme == "orthogonal":
+        with torch.no_grad():
+            for kernel in module.weight:
+                nn.init.orthogonal_(kernel)
+    else:
+        module.reset_parameters()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from locallearn.models.tasks import Classification, Task
+from locallearn.nn.locally_connected import LocallyConnected2d
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -20,13 +21,18 @@ ACTIVATIONS = {
 }
 
 
+BLOCK_KINDS = ("conv", "locally_connected", "linear")
+SPATIAL_KINDS = ("conv", "locally_connected")
+
+
 @dataclass(frozen=True)
 class BlockSpec:
-    """One hidden block: a conv (kernel, stride, padding 'same'-like) or a linear layer,
-    followed by batch norm, the nonlinearity, dropout and optionally 2×2 max pooling."""
+    """One hidden block: a conv or locally-connected layer (kernel, stride, zero padding
+    (kernel − 1) // 2, which keeps the size at stride 1) or a linear layer, followed by
+    batch norm, the nonlinearity, dropout and optionally 2×2 max pooling."""
 
     width: int
-    kind: str = "conv"  # "conv" or "linear"
+    kind: str = "conv"  # one of BLOCK_KINDS
     kernel_size: int = 3
     stride: int = 1
     max_pool: bool = False
@@ -57,17 +63,21 @@ class HiddenBlock(nn.Module):
                  batch_norm: bool) -> None:
         super().__init__()
         self.kind = spec.kind
-        if spec.kind == "conv":
-            if len(in_shape) != 3:
-                raise ValueError(f"a conv block needs (C, H, W) input, got {in_shape}")
-            self.layer = nn.Conv2d(in_shape[0], spec.width, spec.kernel_size, spec.stride,
-                                   padding=(spec.kernel_size - 1) // 2, bias=not batch_norm)
+        if spec.kind in SPATIAL_KINDS:
+            _require_image(spec.kind, in_shape)
+            padding = (spec.kernel_size - 1) // 2
+            if spec.kind == "conv":
+                self.layer = nn.Conv2d(in_shape[0], spec.width, spec.kernel_size, spec.stride, padding,
+                                       bias=not batch_norm)
+            else:
+                self.layer = LocallyConnected2d(in_shape[0], spec.width, in_shape[1:], spec.kernel_size, spec.stride,
+                                                padding, bias=not batch_norm)
             self.norm = nn.BatchNorm2d(spec.width) if batch_norm else nn.Identity()
         elif spec.kind == "linear":
             self.layer = nn.Linear(_numel(in_shape), spec.width, bias=not batch_norm)
             self.norm = nn.BatchNorm1d(spec.width) if batch_norm else nn.Identity()
         else:
-            raise ValueError(f"block kind must be 'conv' or 'linear', got {spec.kind!r}")
+            raise ValueError(f"block kind must be one of {', '.join(BLOCK_KINDS)}, got {spec.kind!r}")
         self.activation = make_activation(activation)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.pool = nn.MaxPool2d(2) if spec.max_pool else nn.Identity()
@@ -126,14 +136,13 @@ class Network(nn.Module):
         self.block_shapes: list[tuple[int, ...]] = []
         shape = self.input_shape
         for index, spec in enumerate(specs):
-            block = HiddenBlock(shape, spec, activation, dropout, batch_norm)
-            shape_in = shape
-            feature_shape, shape = _shapes_after(spec, shape)
-            if min(feature_shape) < 1 or min(shape) < 1:
+            feature_shape, shape_out = _shapes_after(spec, shape)
+            if min(feature_shape) < 1 or min(shape_out) < 1:
                 raise ValueError(f"{name}: input {self.input_shape} is too small: block {index} "
-                                 f"receives {shape_in} and leaves an empty feature map")
-            self.blocks.append(block)
+                                 f"receives {shape} and leaves an empty feature map")
+            self.blocks.append(HiddenBlock(shape, spec, activation, dropout, batch_norm))
             self.block_shapes.append(feature_shape)
+            shape = shape_out
         if conv_output and len(shape) != 3:
             raise ValueError(f"{name}: a convolutional output needs (C, H, W) features, got {shape}")
         self.output = ConvOutput(shape, num_classes) if conv_output else LinearOutput(shape, num_classes)
@@ -151,10 +160,16 @@ def _numel(shape: tuple[int, ...]) -> int:
     return count
 
 
+def _require_image(kind: str, in_shape: tuple[int, ...]) -> None:
+    if len(in_shape) != 3:
+        raise ValueError(f"a {kind} block needs (C, H, W) input, got {in_shape}")
+
+
 def _shapes_after(spec: BlockSpec, in_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(features shape, output shape) of one example through a block."""
     if spec.kind == "linear":
         return (spec.width,), (spec.width,)
+    _require_image(spec.kind, in_shape)
     padding = (spec.kernel_size - 1) // 2
     height, width = ((size + 2 * padding - spec.kernel_size) // spec.stride + 1 for size in in_shape[1:])
     features = (spec.width, height, width)

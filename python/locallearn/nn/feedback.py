@@ -1,11 +1,12 @@
 """Feedback layers: fixed random matrices that carry the error backwards in place of
 the transposed weights.
 
-- Feedback alignment (Lillicrap et al. 2016, described in seed 003 §2.1.1): a linear or
-  convolutional layer computes its forward pass with W and sends the error to its
-  input through a fixed random B of W's shape instead of W (δx = δy B for a linear
-  layer, the transposed convolution with kernel B for a conv layer); W's own gradient
-  is the usual one.
+- Feedback alignment (Lillicrap et al. 2016, described in seed 003 §2.1.1): a linear,
+  convolutional or locally-connected layer computes its forward pass with W and sends
+  the error to its input through a fixed random B of W's shape instead of W (δx = δy B
+  for a linear layer, the transposed convolution with kernel B for a conv layer, the
+  locally-connected transpose map with weight B for an LC layer); W's own gradient is
+  the usual one.
 - Direct feedback alignment (Nøkland 2016; seed 003 §2.1.1, seed 002 §2): the output
   error e (batch × K) reaches hidden layer ℓ directly as e B_ℓ, B_ℓ a fixed random
   K × N_ℓ matrix. For conv features N_ℓ = C·H·W makes B_ℓ huge (seed 003 §3.3 ran out
@@ -19,6 +20,9 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from locallearn.nn.locally_connected import LocallyConnected2d
+from locallearn.ops import locally_connected2d, locally_connected2d_transpose, locally_connected2d_weight_grad
 
 
 class _LinearFeedbackAlignmentFunction(torch.autograd.Function):
@@ -94,9 +98,44 @@ class Conv2dFeedbackAlignment(nn.Conv2d):
                                                       self.padding, self.dilation, self.groups)
 
 
+class _LocallyConnectedFeedbackAlignmentFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, window: dict) -> Tensor:
+        ctx.save_for_backward(x, feedback)
+        ctx.has_bias, ctx.window = bias is not None, window
+        return locally_connected2d(x, weight, bias, **window)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, feedback = ctx.saved_tensors
+        grad_out = grad_out.to(x.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = locally_connected2d_transpose(grad_out, feedback, tuple(x.shape[2:]), **ctx.window)
+        grad_weight = locally_connected2d_weight_grad(x, grad_out, **ctx.window)
+        grad_bias = grad_out.sum(0) if ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+class LocallyConnectedFeedbackAlignment(LocallyConnected2d):
+    """:class:`~locallearn.nn.LocallyConnected2d` whose input gradient is the transpose
+    map (seed 003 §5.4) with a fixed random weight of the layer's layout (a buffer)."""
+
+    def __init__(self, in_channels: int, out_channels: int, input_size, kernel_size, stride=1, padding=0,
+                 dilation=1, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(in_channels, out_channels, input_size, kernel_size, stride, padding, dilation, bias,
+                         device=device, dtype=dtype)
+        self.register_buffer("feedback", torch.empty_like(self.weight, requires_grad=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return _LocallyConnectedFeedbackAlignmentFunction.apply(x, self.weight, self.bias, self.feedback,
+                                                                self.window())
+
+
 def convert_to_feedback_alignment(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Replace, in place, every ``nn.Linear`` and ``nn.Conv2d`` inside ``module`` by its
-    feedback-alignment version holding the same weight and bias parameters. The
+    """Replace, in place, every ``nn.Linear``, ``nn.Conv2d`` and :class:`LocallyConnected2d`
+    inside ``module`` by its feedback-alignment version holding the same weight and bias parameters. The
     feedback matrices are drawn in module order from a generator seeded with ``seed``,
     uniform in ±1/√fan_in like PyTorch's default weights. Returns ``module``."""
     generator = torch.Generator().manual_seed(seed)
@@ -109,16 +148,25 @@ def convert_to_feedback_alignment(module: nn.Module, seed: int = 0) -> nn.Module
                 replacement = Conv2dFeedbackAlignment(child.in_channels, child.out_channels, child.kernel_size,
                                                       child.stride, child.padding, child.dilation, child.groups,
                                                       child.bias is not None, child.padding_mode, device="meta")
+            elif type(child) is LocallyConnected2d:
+                replacement = LocallyConnectedFeedbackAlignment(child.in_channels, child.out_channels,
+                                                                child.input_size, bias=child.bias is not None,
+                                                                device="meta", **child.window())
             else:
                 continue
             weight = child.weight
-            bound = 1 / math.sqrt(weight[0].numel())
+            bound = 1 / math.sqrt(_fan_in(child))
             feedback = (torch.rand(weight.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
             replacement.weight, replacement.bias = weight, child.bias
             replacement.feedback = feedback.to(device=weight.device, dtype=weight.dtype)
             replacement.train(child.training)
             setattr(parent, name, replacement)
     return module
+
+
+def _fan_in(layer: nn.Module) -> int:
+    """Inputs summed by one output unit: C_in·kh·kw for conv and locally-connected layers."""
+    return layer.weight.shape[-1] if isinstance(layer, LocallyConnected2d) else layer.weight[0].numel()
 
 
 # ---------------------------------------------------------------- direct feedback alignment
