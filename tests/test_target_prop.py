@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from helpers import digits_test_accuracy, normalised_digits
 from locallearn.models import build_model
+from locallearn.ops import locally_connected2d_transpose
 from locallearn.rules import build_rule
 from locallearn.rules.target_prop import RULES
 
@@ -409,8 +410,57 @@ def test_state_dict_round_trip(rule_name, tmp_path, generator):
 def test_conv_network_is_refused_for_want_of_inverses():
     model = build_model("vgg8b", (3, 16, 16), 10, width_multiplier=1 / 16, batch_norm=False)
     for name in RULE_NAMES:
-        with pytest.raises(ValueError, match="inverses"):
+        with pytest.raises(ValueError, match="convolution"):
             RULES[name](model, lr=1e-3)
+
+
+# ---------------------------------------------------------------- locally-connected layers
+
+
+def small_lc_network(dtype=torch.float64):
+    """lc-mnist (3×3/2 LC, 3×3/2 LC, FC, output) on 1×9×9 inputs, channels scaled down."""
+    torch.manual_seed(0)
+    model = build_model("lc-mnist", (1, 9, 9), 4, width_multiplier=0.125, activation="tanh", batch_norm=False)
+    return model.to(dtype)
+
+
+def test_locally_connected_inverse_is_the_transpose_map(generator):
+    """Seed 003 §5.4: g(h) = σ(LCᵀ(h; V) + c), V of the forward layer's layout and
+    geometry, Glorot-drawn from the rule's seed; it maps block k's output to its input."""
+    rule = make_rule("dtp", small_lc_network())
+    block = rule.model.blocks[1]
+    inverse = rule.inverses["block1"]
+    assert inverse.layer.weight.shape == block.layer.weight.shape
+    assert 0.9 * inverse.layer.glorot_bound < inverse.layer.weight.abs().max() <= inverse.layer.glorot_bound
+    h = torch.randn(3, *rule.model.block_shapes[1], generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        inverse.layer.bias.normal_(generator=generator)
+        expected = torch.tanh(locally_connected2d_transpose(h, inverse.layer.weight, block.layer.input_size,
+                                                            **block.layer.window()) + inverse.layer.bias)
+        torch.testing.assert_close(inverse(h), expected, rtol=1e-12, atol=1e-12)
+    assert inverse(h).shape == (3, *rule.model.block_shapes[0])
+    again = make_rule("dtp", small_lc_network())
+    assert torch.equal(again.inverses["block1"].layer.weight, inverse.layer.weight)
+
+
+@pytest.mark.parametrize("rule_name", RULE_NAMES)
+def test_locally_connected_targets_follow_eq_2(rule_name, generator):
+    """ĥ_{ℓ−1} = h_{ℓ−1} + g_ℓ(ĥ_ℓ) − g_ℓ(h_ℓ) through the LC transpose inverses and the FC
+    inverse above them (which reshapes to the LC activity), and the top target as the
+    variant defines it; the local losses sum over channels and locations."""
+    rule = make_rule(rule_name, small_lc_network())
+    x, y = batch(rule.model, generator)
+    activities, targets = rule.targets(x, y)
+    assert [t.shape for t in targets] == [a.shape for a in activities]
+    for k in range(len(activities) - 1, 0, -1):
+        inverse = rule.inverses[f"block{k}"]
+        with torch.no_grad():
+            expected = activities[k - 1] + inverse(targets[k]) - inverse(activities[k])
+        torch.testing.assert_close(targets[k - 1], expected, rtol=1e-10, atol=1e-12)
+    metrics = rule.train_step(x, y)
+    for k, (activity, target) in enumerate(zip(activities, targets)):
+        expected_loss = (activity - target).pow(2).flatten(1).sum(1).mean()
+        torch.testing.assert_close(metrics[f"loss/block{k}"], expected_loss, rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from locallearn.models import Network
-from locallearn.models.tasks import at_least_float32  # noqa: F401  (re-exported for the rules)
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}

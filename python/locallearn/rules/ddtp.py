@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from locallearn.models import Network
-from locallearn.rules.base import Rule, at_least_float32
+from locallearn.models.tasks import at_least_float32
+from locallearn.rules.base import Rule
 
 FEEDBACK_SCHEDULES = ("epoch", "step")
 

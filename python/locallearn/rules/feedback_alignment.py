@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from locallearn.models import Network
 from locallearn.nn import DirectFeedback, convert_to_feedback_alignment
 from locallearn.rules.backprop import Backprop
-from locallearn.rules.base import Rule, at_least_float32
+from locallearn.models.tasks import at_least_float32
+from locallearn.rules.base import Rule
 
 
 class FeedbackAlignment(Backprop):

@@ -1,41 +1,63 @@
 """Learned layer inverses for target propagation and the fixed random auxiliary
 output of AO-SDTP (seed 003 §2.1.2).
 
-The inverses exist only for fully-connected layers here: a locally-connected or
-convolutional layer needs its transposed operation as the inverse (seed 003 §5.4),
-which is a separate piece of work.
+An inverse is parametrised like the layer it inverts: a fully-connected layer's by a
+fully-connected map, a locally-connected layer's by the transpose of a
+locally-connected map with its own weights (seed 003 §5.4: V has the sparsity of Wᵀ,
+computed as the gradient of a dummy forward map). A convolution shares its weights
+across locations and has no inverse here.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
 
 from locallearn.models import Network
 from locallearn.models.network import LinearOutput
+from locallearn.nn import LocallyConnected2d, LocallyConnectedTranspose2d
 
 
 class LayerInverse(nn.Module):
     """g(h) = σ(V h + c), the approximate inverse of a layer (seed 003 §2.1.2: "parametrized
-    similarly to the forward computation"), σ the network's nonlinearity; V is Glorot
-    uniform and c zero, as every layer in seed 003 §3."""
+    similarly to the forward computation"), σ the network's nonlinearity, its output
+    shaped like the inverted layer's input. V is Glorot uniform and c zero, as every layer
+    in seed 003 §3; build one with :meth:`of_linear` or :meth:`of_locally_connected`."""
 
-    def __init__(self, in_features: int, out_features: int, activation: nn.Module, generator: torch.Generator) -> None:
+    def __init__(self, layer: nn.Module, output_shape: tuple[int, ...], activation: nn.Module) -> None:
         super().__init__()
-        self.layer = nn.Linear(in_features, out_features)
-        with torch.no_grad():
-            nn.init.xavier_uniform_(self.layer.weight, generator=generator)
-            nn.init.zeros_(self.layer.bias)
+        self.layer, self.output_shape = layer, tuple(output_shape)
         self.activation = copy.deepcopy(activation)
 
+    @classmethod
+    def of_linear(cls, in_features: int, output_shape: tuple[int, ...], activation: nn.Module,
+                  generator: torch.Generator) -> LayerInverse:
+        """The inverse of a fully-connected layer of ``in_features`` outputs whose input
+        has ``output_shape`` (flattened by the layer)."""
+        layer = nn.Linear(in_features, math.prod(output_shape))
+        with torch.no_grad():
+            nn.init.xavier_uniform_(layer.weight, generator=generator)
+            nn.init.zeros_(layer.bias)
+        return cls(layer, output_shape, activation)
+
+    @classmethod
+    def of_locally_connected(cls, forward: LocallyConnected2d, activation: nn.Module,
+                             generator: torch.Generator) -> LayerInverse:
+        """The inverse of a locally-connected layer: its transpose map with its own weight."""
+        layer = LocallyConnectedTranspose2d.mirroring(forward)
+        with torch.no_grad():
+            layer.weight.uniform_(-layer.glorot_bound, layer.glorot_bound, generator=generator)
+        return cls(layer, (forward.in_channels, *forward.input_size), activation)
+
     def forward(self, h: Tensor) -> Tensor:
-        return self.activation(self.layer(h))
+        return self.activation(self.layer(h).reshape(-1, *self.output_shape))
 
 
 class RandomFeatures(nn.Module):
-    """AO-SDTP's auxiliary output z = σ(A h + a) of the penultimate layer: A Glorot uniform,
+    """AO-SDTP's auxiliary output z = σ(A h + a) of the (flattened) penultimate layer: A Glorot uniform,
     a zero, both fixed buffers ("we simply do not optimize the forward weights for z",
     seed 003 §2.1.2). The paper does not name z's nonlinearity; σ is the network's."""
 
@@ -48,23 +70,27 @@ class RandomFeatures(nn.Module):
         self.activation = copy.deepcopy(activation)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.activation(nn.functional.linear(h, self.weight, self.bias))
+        return self.activation(nn.functional.linear(h.flatten(1), self.weight, self.bias))
 
 
 def check_invertible(model: Network, rule: str) -> None:
-    """Refuse networks whose layers have no inverse here: conv blocks, batch norm, a conv output."""
+    """Refuse networks whose layers have no inverse here: conv blocks, pooling, batch norm,
+    a conv output."""
     if not model.blocks:
         raise ValueError(f"rule {rule!r} trains hidden layers from targets and {model.name} has none")
     for index, block in enumerate(model.blocks):
-        if block.kind != "linear":
+        if block.kind == "conv":
             raise ValueError(
-                f"rule {rule!r} needs layer inverses, which exist here only for fully-connected layers; "
-                f"block {index} of {model.name} is convolutional (inverses of locally-connected layers, "
-                f"seed 003 §5.4, are a separate issue): use an mlp")
+                f"rule {rule!r} needs layer inverses, which exist for fully-connected and locally-connected "
+                f"layers (seed 003 §5.4); block {index} of {model.name} is a convolution, whose shared weights "
+                f"have none: use an mlp or a locally-connected model (lc-mnist, lc-cifar, lc-imagenet)")
         if not isinstance(block.norm, nn.Identity):
             raise ValueError(
                 f"rule {rule!r} needs a per-example inverse of every layer and block {index} of {model.name} "
                 f"has batch norm, which mixes the examples of a batch: build the model with batch_norm=False")
+        if not isinstance(block.pool, nn.Identity):
+            raise ValueError(f"rule {rule!r} needs an inverse of every layer and block {index} of {model.name} "
+                             f"max-pools (seed 003 §5.2 replaces pooling by strided layers)")
     if not isinstance(model.output, LinearOutput):
         raise ValueError(f"rule {rule!r} needs a fully-connected output layer, {model.name} has "
                          f"{type(model.output).__name__}")

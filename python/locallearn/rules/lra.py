@@ -41,7 +41,8 @@ from torch.nn import functional as F
 
 from locallearn.models import Network
 from locallearn.models.network import LinearOutput
-from locallearn.rules.base import Rule, at_least_float32
+from locallearn.models.tasks import at_least_float32
+from locallearn.rules.base import Rule
 
 UPDATE_RULES = (1, 2)
 

@@ -37,14 +37,16 @@ Schedule (§2.1.2): "parallel" updates forward weights and inverses on every ste
 "alternating" trains only the inverses in even epochs (from epoch 0) and only the forward
 weights (hidden and output layers) in odd ones, switched by :meth:`begin_epoch`.
 
-Networks: an MLP whose blocks are linear, without batch norm (a batch-normalised layer
-mixes the examples of a batch and has no per-example inverse). Dropout, if present, is
+Networks: fully-connected and locally-connected blocks (an LC block's inverse is the
+transpose of an LC map, seed 003 §5.4), without batch norm (a batch-normalised layer
+mixes the examples of a batch and has no per-example inverse) or pooling. Dropout, if present, is
 part of f_ℓ in training mode: dropped units are zero in h_ℓ and get no gradient from the
 local loss, and the inverses learn from dropped-out activity; the papers use none.
 """
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 
 import torch
@@ -55,6 +57,11 @@ from locallearn.rules.base import Rule
 from locallearn.rules.inverses import LayerInverse, RandomFeatures, check_invertible
 
 SCHEDULES = ("parallel", "alternating")
+
+
+def squared_distance(a: Tensor, b: Tensor) -> Tensor:
+    """‖a − b‖² of every example (summed over all other dims): shape (batch,)."""
+    return (a - b).pow(2).flatten(1).sum(1)
 
 
 def widened(tensor: Tensor) -> Tensor:
@@ -100,14 +107,17 @@ class TargetPropagation(Rule):
         self.trains_inverses = True
 
     def _make_inverses(self, generator: torch.Generator) -> nn.ModuleDict:
-        """g_ℓ for hidden blocks 1 … L−2 (block 0, the first hidden layer, needs none)."""
-        widths = self._widths()
-        activation = self.model.blocks[0].activation
-        return nn.ModuleDict({f"block{k}": LayerInverse(widths[k], widths[k - 1], activation, generator)
-                              for k in range(1, len(widths))})
+        """g_ℓ for hidden blocks 1 … L−2 (block 0, the first hidden layer, needs none),
+        each parametrised like its block's layer (:class:`LayerInverse`)."""
+        blocks, shapes = self.model.blocks, self.model.block_shapes
+        activation = blocks[0].activation
 
-    def _widths(self) -> list[int]:
-        return [block.layer.out_features for block in self.model.blocks]
+        def inverse(k: int) -> LayerInverse:
+            if blocks[k].kind == "locally_connected":
+                return LayerInverse.of_locally_connected(blocks[k].layer, activation, generator)
+            return LayerInverse.of_linear(shapes[k][0], shapes[k - 1], activation, generator)
+
+        return nn.ModuleDict({f"block{k}": inverse(k) for k in range(1, len(blocks))})
 
     def begin_epoch(self, epoch: int) -> None:
         """Alternating schedule: inverses in even epochs, forward weights in odd ones."""
@@ -127,7 +137,7 @@ class TargetPropagation(Rule):
         self.inverses.train()
         inputs, activities, logits = self._forward(x)
         targets = self._targets(inputs, activities, logits, x, y)
-        block_losses = [(widened(activity) - target).pow(2).sum(1).mean()
+        block_losses = [squared_distance(widened(activity), target).mean()
                         for activity, target in zip(activities, targets)]
         output_loss = self.model.task.loss(logits, x, y)
         metrics = {f"loss/block{k}": loss.detach() for k, loss in enumerate(block_losses)}
@@ -230,7 +240,7 @@ class TargetPropagation(Rule):
                 encoded = layer(corrupted)
             reconstruction = widened(self.inverses[key](encoded))
         clean = h if self.denoising else corrupted
-        return (reconstruction - widened(clean)).pow(2).sum(1).mean()
+        return squared_distance(reconstruction, widened(clean)).mean()
 
 
 class DTP(TargetPropagation):
@@ -292,12 +302,12 @@ class DTPSigma(DTP):
                          hybrid_alpha=hybrid_alpha)
 
     def noise_levels(self, activities: list[Tensor], targets: list[Tensor]) -> dict[str, Tensor | float]:
-        """σ_ℓ of eq. (10) for every inverse, shape (batch, 1), top down from σ_L = α."""
-        sigma = targets[0].new_full((targets[0].shape[0], 1), self.target_step)
+        """σ_ℓ of eq. (10) for every inverse, shaped (batch, 1, …) to broadcast over the activity, top down from σ_L = α."""
+        sigma = targets[0].new_full((targets[0].shape[0],), self.target_step)
         levels = {}
         for k in range(len(activities) - 1, 0, -1):
-            sigma = sigma - (targets[k - 1] - widened(activities[k - 1].detach())).pow(2).sum(1, keepdim=True)
-            levels[f"block{k}"] = sigma
+            sigma = sigma - squared_distance(targets[k - 1], widened(activities[k - 1].detach()))
+            levels[f"block{k}"] = sigma.reshape(-1, *[1] * (activities[k - 1].dim() - 1))
         return levels
 
 
@@ -321,7 +331,8 @@ class SDTP(TargetPropagation):
     def _make_inverses(self, generator: torch.Generator) -> nn.ModuleDict:
         inverses = super()._make_inverses(generator)
         code_size = self.model.num_classes + self._auxiliary_size()
-        inverses["output"] = LayerInverse(code_size, self._widths()[-1], self.model.blocks[0].activation, generator)
+        inverses["output"] = LayerInverse.of_linear(code_size, self.model.block_shapes[-1],
+                                                    self.model.blocks[0].activation, generator)
         return inverses
 
     def _auxiliary_size(self) -> int:
@@ -366,8 +377,8 @@ class AOSDTP(SDTP):
                          hybrid_alpha=hybrid_alpha)
 
     def _make_inverses(self, generator: torch.Generator) -> nn.ModuleDict:
-        self.auxiliary = RandomFeatures(self._widths()[-1], self.aux_features, self.model.blocks[0].activation,
-                                        generator)
+        self.auxiliary = RandomFeatures(math.prod(self.model.block_shapes[-1]), self.aux_features,
+                                        self.model.blocks[0].activation, generator)
         return super()._make_inverses(generator)
 
     def _auxiliary_size(self) -> int:
