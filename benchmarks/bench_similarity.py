@@ -17,52 +17,17 @@ A quick CPU run:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import statistics
-import sys
-import time
 
 import torch
+from common import (cell, dtype_name, matmul_rooflines, per_second, relative_difference, run_info, run_line,
+                    speedup, timed_runs, write_json)
 
 import locallearn
 from locallearn.ops import reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NUM_CLASSES = 10
-
-
-def timed_runs(step, inputs: list, warmup: int, repeats: int, device: torch.device) -> list[float]:
-    """Milliseconds of `step(*inputs[i % len(inputs)])` for `repeats` runs after `warmup`."""
-    for i in range(warmup):
-        step(*inputs[i % len(inputs)])
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-        for i, (start, end) in enumerate(events):
-            start.record()
-            step(*inputs[i % len(inputs)])
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) for start, end in events]
-    else:
-        for i in range(repeats):
-            begin = time.perf_counter()
-            step(*inputs[i % len(inputs)])
-            times.append((time.perf_counter() - begin) * 1e3)
-    return times
-
-
-def matmul_roofline(size: int, dtype: torch.dtype, device: torch.device, repeats: int) -> float:
-    """TFLOP/s of a size³ matmul on fresh random operands (honours allow_tf32 for fp32)."""
-    operands = [
-        (torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype))
-        for _ in range(2)
-    ]
-    times = timed_runs(torch.mm, operands, warmup=3, repeats=repeats, device=device)
-    return 2 * size**3 / (statistics.median(times) * 1e-3) / 1e12
 
 
 def training_step(loss_fn):
@@ -94,7 +59,7 @@ def gradient_disagreement(fused, eager, features: torch.Tensor, labels: torch.Te
         loss_fn(features, labels).backward()
         grads.append(features.grad.float())
     features.grad = None
-    return ((grads[0] - grads[1]).norm() / grads[1].norm().clamp_min(1e-30)).item()
+    return relative_difference(grads[0], grads[1])
 
 
 def bench_config(batch: int, dim: int, dtype: torch.dtype, device: torch.device, args) -> dict:
@@ -106,7 +71,7 @@ def bench_config(batch: int, dim: int, dtype: torch.dtype, device: torch.device,
         )
         for _ in range(args.input_sets)
     ]
-    row = {"batch": batch, "dim": dim, "dtype": str(dtype).removeprefix("torch."), "ms": {}}
+    row = {"batch": batch, "dim": dim, "dtype": dtype_name(dtype), "ms": {}}
     fns = implementations(not args.no_compile)
     row["grad_rel_diff_vs_eager"] = gradient_disagreement(fns["fused"], fns["eager"], *inputs[0])
     for name, loss_fn in fns.items():
@@ -118,7 +83,7 @@ def bench_config(batch: int, dim: int, dtype: torch.dtype, device: torch.device,
             torch.cuda.empty_cache()
     flops = 4 * batch * batch * dim
     row["model_tflop"] = flops / 1e12
-    row["tflops"] = {name: (flops / (ms * 1e-3) / 1e12 if ms else None) for name, ms in row["ms"].items()}
+    row["tflops"] = per_second(row["ms"], flops, 1e12)
     return row
 
 
@@ -131,19 +96,12 @@ def format_table(rows: list[dict], rooflines: dict[str, float]) -> str:
     for row in rows:
         ms = row["ms"]
         fused = ms.get("fused")
-
-        def cell(value, fmt):
-            return format(value, fmt) if value is not None else "-".rjust(int(fmt.split(".")[0]))
-
-        def speedup(other):
-            return f"{ms[other] / fused:.1f}x" if fused and ms.get(other) else "-"
-
         roofline = rooflines.get(row["dtype"])
         fraction = row["tflops"]["fused"] / roofline if roofline and row["tflops"].get("fused") else None
         lines.append(
             f"{row['batch']:>5} {row['dim']:>6} {row['dtype']:>8} {cell(fused, '9.3f')} "
             f"{cell(ms.get('fused+checks'), '8.3f')} {cell(ms.get('eager'), '9.3f')} {cell(ms.get('compile'), '8.3f')}"
-            f" {speedup('eager'):>8} {speedup('compile'):>8} {cell(row['tflops'].get('fused'), '8.1f')}"
+            f" {speedup(ms, 'eager'):>8} {speedup(ms, 'compile'):>8} {cell(row['tflops'].get('fused'), '8.1f')}"
             f" {cell(fraction, '9.1%')}"
         )
     return "\n".join(lines)
@@ -167,10 +125,7 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    rooflines = {
-        str(DTYPES[name]).removeprefix("torch."): matmul_roofline(args.roofline_size, DTYPES[name], device, 20)
-        for name in args.dtypes
-    }
+    rooflines = matmul_rooflines([DTYPES[name] for name in args.dtypes], args.roofline_size, device)
     rows = [
         bench_config(batch, dim, DTYPES[name], device, args)
         for name in args.dtypes
@@ -179,24 +134,16 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     result = {
         "benchmark": "similarity_matching_loss forward+backward",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]) if argv is None else f"main({argv})",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "locallearn": locallearn.__version__,
+        **run_info(device, argv),
         "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "roofline_tflops": rooflines,
         "rows": rows,
     }
-    print(f"{result['device']}, torch {result['torch']}, CUDA {result['cuda']}; roofline TFLOP/s: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in rooflines.items()))
+    print(run_line(result))
     print(format_table(rows, rooflines))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    write_json(args.json, result)
     return result
 
 

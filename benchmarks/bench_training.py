@@ -19,8 +19,8 @@ import platform
 from pathlib import Path
 
 import torch
+from common import versions
 
-import locallearn
 from locallearn import config
 from locallearn.engine.compare import format_summaries, train_rules
 
@@ -48,7 +48,7 @@ def main() -> None:
         result = {
             "benchmark": "training", "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "settings": settings, "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
-            "torch": torch.__version__, "cuda": torch.version.cuda, "locallearn": locallearn.__version__,
+            **versions(),
             "runs": [{**dataclasses.asdict(summary), "run_dir": str(summary.run_dir)} for summary in summaries],
         }
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -1,24 +1,14 @@
 """The similarity-matching benchmark runs end to end and writes a complete JSON record."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_similarity.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("bench_similarity", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_cpu_smoke_run_writes_timings_and_agreement(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    load_benchmark().main([
+    load_benchmark("bench_similarity").main([
         "--device", "cpu", "--batches", "16", "33", "--dims", "8", "--dtypes", "fp32", "--repeats", "3",
         "--warmup", "1", "--input-sets", "2", "--roofline-size", "64", "--no-compile", "--json", str(out),
     ])
@@ -31,3 +21,4 @@ def test_cpu_smoke_run_writes_timings_and_agreement(tmp_path, capsys):
         assert row["tflops"]["fused"] == pytest.approx(row["model_tflop"] / (row["ms"]["fused"] * 1e-3))
     assert result["roofline_tflops"]["float32"] > 0
     assert "x eager" in capsys.readouterr().out
+
