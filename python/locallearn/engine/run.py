@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 
 from locallearn import config, data
+from locallearn.engine.checkpoint import load_checkpoint
 from locallearn.engine.schedule import PAPER_DECAY, PAPER_MILESTONES
-from locallearn.engine.trainer import Schedule, Trainer
+from locallearn.engine.trainer import CHECKPOINT_NAME, Schedule, Trainer
 from locallearn.models import INIT_SCHEMES, MODEL_NAMES, build_model, initialize
 from locallearn.rules import (
     OPTIMIZERS,
     RULE_NAMES,
+    Rule,
     build_rule,
     default_activation,
     default_batch_norm,
@@ -127,8 +129,19 @@ def settings_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainSettings))
 
 
-def build_trainer(settings: TrainSettings, *, progress: bool = True) -> Trainer:
-    """Everything a run needs, from fully resolved settings."""
+@dataclass
+class RunParts:
+    """What a run is made of, before the trainer: the dataset, its on-device loaders and
+    the rule (which holds the model)."""
+
+    dataset: data.Dataset
+    train_loader: data.DeviceLoader
+    test_loader: data.DeviceLoader
+    rule: Rule
+
+
+def build_parts(settings: TrainSettings) -> RunParts:
+    """Dataset, loaders, model and rule from fully resolved settings, seeded by them."""
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA GPU is visible")
@@ -152,9 +165,15 @@ def build_trainer(settings: TrainSettings, *, progress: bool = True) -> Trainer:
     options = {name: getattr(settings, name) for name in RULE_OPTIONS if getattr(settings, name) is not None}
     rule = build_rule(settings.rule, model, lr=settings.lr, optimizer=settings.optimizer,
                       weight_decay=settings.weight_decay, amp=settings.amp, seed=settings.seed, **options)
+    return RunParts(dataset, train_loader, test_loader, rule)
+
+
+def build_trainer(settings: TrainSettings, *, progress: bool = True) -> Trainer:
+    """Everything a run needs, from fully resolved settings."""
+    parts = build_parts(settings)
     schedule = Schedule(settings.epochs, settings.lr, tuple(settings.lr_milestones), settings.lr_decay,
                         settings.log_every, settings.seed)
-    return Trainer(rule, train_loader, test_loader, schedule, settings.run_dir, progress=progress,
+    return Trainer(parts.rule, parts.train_loader, parts.test_loader, schedule, settings.run_dir, progress=progress,
                    tensorboard=settings.tensorboard)
 
 
@@ -170,8 +189,8 @@ def start_run(settings: TrainSettings, *, progress: bool = True) -> Trainer:
     return trainer
 
 
-def resume_run(run_dir: str | Path, *, progress: bool = True) -> Trainer:
-    """The run in ``run_dir``, rebuilt from its config.toml and restored from its last checkpoint."""
+def read_settings(run_dir: str | Path) -> TrainSettings:
+    """The settings a run directory's config.toml holds, with ``run_dir`` set to it."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_NAME).is_file():
         raise ValueError(f"{run_dir} is not a run directory: it has no {CONFIG_NAME}")
@@ -180,10 +199,32 @@ def resume_run(run_dir: str | Path, *, progress: bool = True) -> Trainer:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{run_dir / CONFIG_NAME} has unknown settings {unknown}")
-    settings = dataclasses.replace(TrainSettings(**values), run_dir=str(run_dir))
-    trainer = build_trainer(settings, progress=progress)
+    return dataclasses.replace(TrainSettings(**values), run_dir=str(run_dir))
+
+
+def resume_run(run_dir: str | Path, *, progress: bool = True) -> Trainer:
+    """The run in ``run_dir``, rebuilt from its config.toml and restored from its last checkpoint."""
+    trainer = build_trainer(read_settings(run_dir), progress=progress)
     if trainer.checkpoint_path.is_file():
         trainer.resume()
     else:  # stopped before its first checkpoint: start over
         trainer.log.truncate(0)
     return trainer
+
+
+def load_trained(run_dir: str | Path, *, device: str | None = None) -> tuple[TrainSettings, RunParts, int]:
+    """A finished or interrupted run, read-only: its settings, its parts with the rule
+    restored from the last checkpoint, and the number of epochs that checkpoint holds.
+    Nothing in ``run_dir`` is written. ``device`` overrides the run's own."""
+    settings = read_settings(run_dir)
+    checkpoint = Path(run_dir) / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise ValueError(f"{run_dir} has no checkpoint yet ({CHECKPOINT_NAME}): train at least one epoch")
+    if device is not None:
+        settings = dataclasses.replace(settings, device=device)
+    elif settings.device == "cuda" and not torch.cuda.is_available():
+        settings = dataclasses.replace(settings, device="cpu")
+    parts = build_parts(settings)
+    state = load_checkpoint(checkpoint, map_location=settings.device)
+    parts.rule.load_state_dict(state["rule"])
+    return settings, parts, state["epoch"]
