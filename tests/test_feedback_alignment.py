@@ -17,7 +17,7 @@ from locallearn.nn import (Conv2dFeedbackAlignment, DirectFeedback, LinearFeedba
                            LocallyConnectedFeedbackAlignment, convert_to_feedback_alignment, feedback_columns)
 from locallearn.ops import locally_connected2d
 from locallearn.rules import Backprop
-from locallearn.rules.feedback_alignment import RULES, DirectFeedbackAlignment, FeedbackAlignment
+from locallearn.rules.feedback_alignment import RULES, DirectFeedbackAlignment
 
 SMALL_MODELS = {
     "mlp": lambda **kwargs: build_model("mlp", (1, 8, 8), 10, depth=3, width=32, **kwargs),

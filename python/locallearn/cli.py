@@ -1,9 +1,10 @@
-"""The `locallearn` command line: `train`, `demo` and `info`."""
+"""The `locallearn` command line: `train`, `analyze`, `demo` and `info`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -69,6 +70,30 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from locallearn.analysis.report import FIGURES_DIR, REPORT_NAME, analyze_run
+
+    try:
+        report = analyze_run(args.run_dir, compare=args.compare, split=args.split, max_samples=args.max_samples,
+                             device=args.device, tsne_layers=args.tsne_layers, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"locallearn analyze: error: {error}", file=sys.stderr)
+        return 2
+    for name, run in report["runs"].items():
+        print(f"{name} (epoch {run['epoch']}, {report['samples']} {report['split']} examples)")
+        print(f"  {'layer':<8} {'features':>8} {'ID':>7} {'95% CI':>16} {'inter/intra':>11}")
+        for layer, features, dimension, separation in zip(run["layers"], run["features"],
+                                                          run["intrinsic_dimension"], run["class_separation"]):
+            low, high = dimension["ci95"]
+            print(f"  {layer:<8} {features:>8} {dimension['dimension']:>7.2f} {f'[{low:.2f}, {high:.2f}]':>16} "
+                  f"{separation['ratio']:>11.3f}")
+        angles = ", ".join(f"{module} {'-' if angle is None else f'{angle:.1f}'}"
+                           for module, angle in run["alignment_degrees"].items())
+        print(f"  angle to backprop's update (degrees): {angles}")
+    print(f"figures and {REPORT_NAME}: {Path(args.run_dir) / FIGURES_DIR}")
+    return 0
+
+
 def _setting_names(skip: tuple = ()) -> list[str]:
     from locallearn.engine.run import settings_fields
 
@@ -115,10 +140,28 @@ def _add_demo_parser(commands) -> None:
     demo.set_defaults(run=_demo, command_parser=demo)
 
 
+def _add_analyze_parser(commands) -> None:
+    from locallearn.analysis.report import SPLITS
+
+    analyze = commands.add_parser("analyze", help="measure a trained run's representations (intrinsic dimension, "
+                                                  "CKA, RSA, class separation, t-SNE) and draw them")
+    analyze.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by locallearn train")
+    analyze.add_argument("--compare", metavar="OTHER_RUN_DIR", help="also compare every layer with this run's")
+    analyze.add_argument("--split", choices=SPLITS, default="test", help="examples to use (default: test)")
+    analyze.add_argument("--max-samples", type=int, default=2000,
+                         help="the first N examples of the split (default: 2000)")
+    analyze.add_argument("--tsne-layers", nargs="+", metavar="LAYER",
+                         help="layers to embed, e.g. block2 output (default: the last hidden block and the output)")
+    analyze.add_argument("--device", help="cpu or cuda (default: the run's)")
+    analyze.add_argument("--no-progress", action="store_true", help="no progress bars")
+    analyze.set_defaults(run=_analyze)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locallearn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(commands)
+    _add_analyze_parser(commands)
     info = commands.add_parser("info", help="versions, the native extension and the devices each op serves")
     info.set_defaults(run=_info)
     _add_demo_parser(commands)
