@@ -344,7 +344,19 @@ def test_init_schemes_reach_locally_connected_layers():
     assert 0.95 * layer.glorot_bound < layer.weight.abs().max() <= layer.glorot_bound
 
 
+def test_he_init_has_the_fan_in_variance():
+    """He normal (seed 001 §3): std √(2 / fan_in), zero biases; per kernel for LC layers."""
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 20, 20), 10, depth=1, width=300, batch_norm=False)
+    lc = build_model("lc-mnist", (1, 12, 12), 10, batch_norm=False).blocks[1].layer
+    initialize(model, "he")
+    initialize(lc, "he")
+    for weight, fan_in in ((model.blocks[0].layer.weight, 400), (lc.weight, 32 * 9)):
+        assert weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+    assert torch.count_nonzero(model.blocks[0].layer.bias) == 0
+
+
 def test_unknown_init_scheme_lists_the_valid_ones():
     model = build_model("mlp", (1, 8, 8), 10, depth=1, width=8)
     with pytest.raises(ValueError, match="orthogonal"):
-        initialize(model, "he")
+        initialize(model, "kaiming")

@@ -1,5 +1,6 @@
 """Weight initialisation schemes the papers' recipes name (seed 002 §3, seed 003
-Table 4): Gaussian with a given standard deviation, orthogonal, Glorot uniform.
+Table 4, seed 001 §3): Gaussian with a given standard deviation, orthogonal, Glorot
+uniform, He normal.
 Biases are set to zero; batch-norm layers keep their (1, 0) initialisation."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from torch import nn
 
 from locallearn.nn.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
 
-INIT_SCHEMES = ("default", "gaussian", "orthogonal", "glorot")
+INIT_SCHEMES = ("default", "gaussian", "orthogonal", "glorot", "he")
 
 
 def initialize(model: nn.Module, scheme: str = "default", std: float = 0.05) -> None:
@@ -27,6 +28,8 @@ def initialize(model: nn.Module, scheme: str = "default", std: float = 0.05) -> 
                 nn.init.normal_(module.weight, 0.0, std)
             elif scheme == "orthogonal":
                 nn.init.orthogonal_(module.weight)
+            elif scheme == "he":
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             else:
                 nn.init.xavier_uniform_(module.weight)
         elif isinstance(module, (LocallyConnected2d, LocallyConnectedTranspose2d)):
@@ -40,10 +43,13 @@ def initialize(model: nn.Module, scheme: str = "default", std: float = 0.05) -> 
 def _initialize_locally_connected(module: LocallyConnected2d | LocallyConnectedTranspose2d, scheme: str,
                                   std: float) -> None:
     """A locally-connected weight (L_out, C_out, K) is one kernel per location: Gaussian
-    entries, an orthogonal (C_out, K) matrix per location, or the module's own Glorot
-    uniform (the fans of the convolution of the same geometry)."""
+    entries, an orthogonal (C_out, K) matrix per location, He normal over the K inputs of
+    a kernel, or the module's own Glorot uniform (the fans of the convolution of the same
+    geometry)."""
     if scheme == "gaussian":
         nn.init.normal_(module.weight, 0.0, std)
+    elif scheme == "he":
+        nn.init.normal_(module.weight, 0.0, (2 / module.weight.shape[-1]) ** 0.5)
     elif scheme == "orthogonal":
         with torch.no_grad():
             for kernel in module.weight:

@@ -18,6 +18,7 @@ ACTIVATIONS = {
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(0.01),  # seed 004 §4: slope 0.01 for sim / predsim
     "tanh": nn.Tanh,
+    "elu": nn.ELU,  # seed 001 §3: the forward functions of associated learning
 }
 
 
