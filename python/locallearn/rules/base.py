@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from locallearn.models import Network
+from locallearn.models.network import LinearOutput
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
@@ -129,3 +130,18 @@ class Rule(ABC):
         modules.load_state_dict(given)
         for optimizer, optimizer_state in zip(optimizers, state["optimizers"]):
             optimizer.load_state_dict(optimizer_state)
+
+
+def require_plain_mlp(model: Network, rule: str, definition: str) -> None:
+    """Refuse, before any work, a network a fully-connected rule cannot train: no hidden
+    blocks, convolutional or locally-connected blocks, batch norm or dropout.
+    ``definition`` names where the paper defines the rule's plain layers."""
+    if not model.blocks:
+        raise ValueError(f"{rule} trains hidden layers and {model.name} has none")
+    if any(block.kind != "linear" for block in model.blocks) or not isinstance(model.output, LinearOutput):
+        raise ValueError(f"{rule} is defined here for fully-connected layers ({definition}); {model.name} has "
+                         f"convolutional or locally-connected layers: use an mlp")
+    if any(not isinstance(block.norm, nn.Identity) or not isinstance(block.dropout, nn.Identity)
+           for block in model.blocks):
+        raise ValueError(f"{rule}'s layers are plain ({definition}), without batch norm or dropout; "
+                         f"build {model.name} with batch_norm=False and dropout=0")

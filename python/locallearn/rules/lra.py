@@ -40,9 +40,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from locallearn.models import Network
-from locallearn.models.network import LinearOutput
 from locallearn.models.tasks import at_least_float32
-from locallearn.rules.base import Rule
+from locallearn.rules.base import Rule, require_plain_mlp
 
 UPDATE_RULES = (1, 2)
 
@@ -99,7 +98,7 @@ class LocalRepresentationAlignment(Rule):
                  amp: bool = False, seed: int = 0, lra_beta: float = 0.1, lra_gamma: float = 0.1,
                  lra_update_rule: int = 1, lra_loss: str = "gaussian", lra_error_std: float = 0.05 ** 0.5) -> None:
         super().__init__(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay, amp=amp)
-        _check_fully_connected(model)
+        require_plain_mlp(model, "LRA-E", "seed 002 eq. (1), hˡ = Wˡ zˡ⁻¹")
         if lra_beta <= 0:
             raise ValueError(f"lra_beta must be positive (seed 002 uses 0.1), got {lra_beta}")
         if not 0 <= lra_gamma < 1:
@@ -207,17 +206,6 @@ def _times_derivative(activation: nn.Module, pre_activation: Tensor, error: Tens
         _, pullback = torch.func.vjp(activation, pre_activation)
         return pullback(error)[0]
 
-
-def _check_fully_connected(model: Network) -> None:
-    if not model.blocks:
-        raise ValueError(f"LRA-E trains hidden layers and {model.name} has none")
-    if any(block.kind != "linear" for block in model.blocks) or not isinstance(model.output, LinearOutput):
-        raise ValueError(f"LRA-E is defined here for fully-connected layers (seed 002 §2.1, eq. (1)); "
-                         f"{model.name} has convolutional layers: use an mlp")
-    if any(not isinstance(block.norm, nn.Identity) or not isinstance(block.dropout, nn.Identity)
-           for block in model.blocks):
-        raise ValueError(f"LRA-E's layers are hˡ = Wˡ zˡ⁻¹ (seed 002 eq. (1)), without batch norm or dropout; "
-                         f"build {model.name} with batch_norm=False and dropout=0")
 
 
 RULES = {"lra-e": LocalRepresentationAlignment}

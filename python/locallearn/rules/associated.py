@@ -1,0 +1,227 @@
+"""Associated Learning, AL (seed 001 §2, eqs. (1)–(7)).
+
+The network is split into components i = 1..K, one per hidden block of an MLP:
+
+- forward function sᵢ = fᵢ(sᵢ₋₁), s₀ = x (eq. (1)): the Network's hidden block i, its
+  input detached, so that no gradient crosses a component boundary;
+- target encoder tᵢ = gᵢ(tᵢ₋₁) = σ(Qᵢ tᵢ₋₁), t₀ = the one-hot label (eq. (2); the paper's yᵢ);
+- inverse decoder hᵢ(tᵢ) = σ(Vᵢ tᵢ), mapping tᵢ back to tᵢ₋₁'s space (eq. (4));
+- bridge bᵢ: ``al_bridge_depth`` sigmoid layers (hidden width ``al_bridge_width``) from
+  sᵢ to tᵢ's space (§2.3); depth 0 is the identity of eq. (3) and needs sᵢ and tᵢ of one width.
+
+Component i descends two local losses (§2.4: "fᵢs and bᵢs minimize the forward loss,
+gᵢs and hᵢs minimize the inverse loss"):
+
+- forward loss ‖bᵢ(sᵢ) − tᵢ‖² (eq. (6)), summed over units and averaged over the batch,
+  with tᵢ detached: it trains fᵢ and bᵢ only;
+- inverse loss MSE(hᵢ(gᵢ(tᵢ₋₁)), tᵢ₋₁) (eq. (5)) with tᵢ₋₁ detached: it trains gᵢ and hᵢ only.
+
+Every loss therefore reaches one component's parameters, and one backward of their sum
+gives each parameter exactly its own loss's gradient. Prediction is eq. (7) with the last
+bridge (§2.4): ŷ₀ = h₁ ∘ … ∘ h_K ∘ b_K ∘ f_K ∘ … ∘ f₁(x). :meth:`predict` returns the
+pre-sigmoid values of h₁, so ŷ₀ = σ(logits) and the argmax is the class; the Network's
+own output layer is unused (neither trained nor read). Effective parameters are those of
+the fᵢ, hᵢ and b_K; the gᵢ and the other bridges are affiliated: they shape training but
+not the predictions (§2.4).
+
+Seed 001 §3 uses ELU for the fᵢ (the hidden blocks' activation, set when the model is
+built: ``--activation elu``), sigmoid for gᵢ, hᵢ, bᵢ, He-normal initialisation of every
+weight (``--init he`` for the fᵢ; AL's own layers always) and Adam. Its MLP is the model
+``mlp-seed001``; ``mlp-seed001-matched`` is the backprop baseline with as many parameters
+as AL's effective ones (§3, :func:`seed001_parameter_counts`). The target width of every component is the width of its sᵢ unless
+``al_target_width`` fixes one for all; the paper does not state it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from locallearn.models import Network
+from locallearn.models.mlp import SEED001_WIDTHS, mlp
+from locallearn.models.tasks import at_least_float32
+from locallearn.rules.base import Rule, require_plain_mlp
+
+def _he_normal_(layer: nn.Linear) -> None:
+    """He-normal weights (std √(2 / fan_in), seed 001 §3) and zero biases, in place."""
+    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+class SigmoidLayers(nn.Sequential):
+    """Linear layers each followed by a sigmoid (gᵢ, hᵢ of eqs. (2), (4) and the bridges of §2.3)."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        for size_in, size_out in zip(sizes, sizes[1:]):
+            layer = nn.Linear(size_in, size_out)
+            _he_normal_(layer)
+            self.extend([layer, nn.Sigmoid()])
+
+
+def mlp_parameter_count(input_size: int, widths: tuple[int, ...], num_classes: int) -> int:
+    """Weights and biases of a fully-connected network input → widths → num_classes."""
+    sizes = [input_size, *widths, num_classes]
+    return sum(size_in * size_out + size_out for size_in, size_out in zip(sizes, sizes[1:]))
+
+
+def matched_backprop_widths(input_size: int, widths: tuple[int, ...], num_classes: int, target: int,
+                            extra_width: int = 1024) -> tuple[int, ...]:
+    """Seed 001 §3: the backprop baseline gets extra hidden layers until its parameter count
+    equals AL's effective one (``target``). Layers of ``extra_width`` are appended while they
+    fit; a last layer, sized to come closest to ``target``, closes the gap."""
+    if mlp_parameter_count(input_size, widths, num_classes) > target:
+        raise ValueError(f"the backprop MLP {widths} already has more than {target} parameters")
+    widths = tuple(widths)
+    while mlp_parameter_count(input_size, (*widths, extra_width), num_classes) <= target:
+        widths = (*widths, extra_width)
+    previous = widths[-1] if widths else input_size
+    gap = target - mlp_parameter_count(input_size, widths, num_classes)
+    # A last hidden layer of width w adds previous·w + w + w·num_classes − previous·num_classes.
+    width = round((gap + previous * num_classes) / (previous + 1 + num_classes))
+    return (*widths, width) if width >= 1 else widths
+
+
+class AssociatedLearning(Rule):
+    """AL on an MLP (see the module docstring)."""
+
+    name = "al"
+
+    def __init__(self, model: Network, *, lr: float, optimizer: str = "adam", weight_decay: float = 0.0,
+                 amp: bool = False, al_bridge_depth: int = 1, al_bridge_width: int | None = None,
+                 al_target_width: int | None = None) -> None:
+        super().__init__(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay, amp=amp)
+        require_plain_mlp(model, "AL", "seed 001 eq. (1), one component per hidden block")
+        if al_bridge_depth < 0:
+            raise ValueError(f"al_bridge_depth must be ≥ 0 (0: no bridge, eq. (3)), got {al_bridge_depth}")
+        if al_bridge_width is not None and al_bridge_width < 1:
+            raise ValueError(f"al_bridge_width must be ≥ 1 (or unset: the target width), got {al_bridge_width}")
+        if al_target_width is not None and al_target_width < 1:
+            raise ValueError(f"al_target_width must be ≥ 1 (or unset: each sᵢ's width), got {al_target_width}")
+        feature_widths = [block.layer.out_features for block in model.blocks]
+        target_widths = [al_target_width or width for width in feature_widths]
+        if al_bridge_depth == 0 and feature_widths != target_widths:
+            raise ValueError(f"without a bridge (al_bridge_depth=0) the forward loss ‖sᵢ − tᵢ‖² (eq. (3)) needs "
+                             f"targets as wide as the hidden layers {feature_widths}, got al_target_width="
+                             f"{al_target_width}; leave it unset or use al_bridge_depth ≥ 1")
+        self.bridge_depth, self.bridge_width, self.target_width = al_bridge_depth, al_bridge_width, al_target_width
+        sizes = [model.num_classes, *target_widths]
+        self.encoders = nn.ModuleList(SigmoidLayers([sizes[i], sizes[i + 1]]) for i in range(len(feature_widths)))
+        self.decoders = nn.ModuleList(SigmoidLayers([sizes[i + 1], sizes[i]]) for i in range(len(feature_widths)))
+        self.bridges = nn.ModuleList(
+            SigmoidLayers([width, *[al_bridge_width or target] * (al_bridge_depth - 1), target])
+            if al_bridge_depth else nn.Identity()
+            for width, target in zip(feature_widths, target_widths))
+        parameter = next(model.parameters())
+        self.associated.to(device=parameter.device, dtype=parameter.dtype)
+        self.optimizer = self.make_optimizer([*self.forward_parameters(), *self.associated.parameters()])
+
+    @property
+    def associated(self) -> nn.ModuleDict:
+        """AL's own modules: the gᵢ (encoders), hᵢ (decoders) and bᵢ (bridges)."""
+        return nn.ModuleDict({"encoders": self.encoders, "decoders": self.decoders, "bridges": self.bridges})
+
+    def forward_parameters(self) -> list[nn.Parameter]:
+        """The fᵢ's parameters (the hidden blocks'; the Network's output layer is not used)."""
+        return [p for block in self.model.blocks for p in block.parameters()]
+
+    def effective_parameters(self) -> list[nn.Parameter]:
+        """§2.4: the parameters of the fᵢ, the hᵢ and the last bridge, all that eq. (7) reads."""
+        return [*self.forward_parameters(), *self.decoders.parameters(), *self.bridges[-1].parameters()]
+
+    def affiliated_parameters(self) -> list[nn.Parameter]:
+        """§2.4: the gᵢ and the bridges b₁ … b_{K−1}, which only shape training."""
+        return [*self.encoders.parameters(), *(p for bridge in self.bridges[:-1] for p in bridge.parameters())]
+
+    def trainable_modules(self) -> nn.Module:
+        return nn.ModuleDict({"model": self.model, **self.associated})
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def local_losses(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """(forward losses (eq. (6)), inverse losses (eq. (5)), s_K) of one batch, one per
+        component, each with a graph reaching that component's parameters only."""
+        s = x
+        target = F.one_hot(y, self.model.num_classes).to(next(self.model.parameters()).dtype)
+        forward_losses, inverse_losses = [], []
+        with self.autocast():
+            for block, encoder, decoder, bridge in zip(self.model.blocks, self.encoders, self.decoders, self.bridges):
+                s = block(s.detach())  # eq. (1)
+                previous = target.detach()
+                target = encoder(previous)  # eq. (2)
+                difference = at_least_float32(bridge(s)) - at_least_float32(target.detach())
+                forward_losses.append(difference.square().sum(dim=1).mean())  # eq. (6)
+                reconstruction = at_least_float32(decoder(target))  # eq. (4)
+                inverse_losses.append(F.mse_loss(reconstruction, at_least_float32(previous)))  # eq. (5)
+        return forward_losses, inverse_losses, s
+
+    def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        self.model.train()
+        forward_losses, inverse_losses, s = self.local_losses(x, y)
+        loss = torch.stack(forward_losses).sum() + torch.stack(inverse_losses).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # the losses share no parameters: each gets its own gradient
+        self.optimizer.step()
+        with torch.no_grad():
+            logits = self.decode(s.detach())
+        metrics = {f"loss/forward{i}": value.detach() for i, value in enumerate(forward_losses)}
+        metrics.update({f"loss/inverse{i}": value.detach() for i, value in enumerate(inverse_losses)})
+        return {"loss": loss.detach(), **metrics, "train_error": self.model.task.error(logits, x, y)}
+
+    def decode(self, s: Tensor) -> Tensor:
+        """Eq. (7) from s_K: h₁ ∘ … ∘ h_K ∘ b_K, returning h₁'s pre-sigmoid values (logits), in
+        float32 (float64 for a float64 network)."""
+        with self.autocast():
+            t = self.bridges[-1](s)
+            for decoder in reversed(self.decoders[1:]):
+                t = decoder(t)
+            return at_least_float32(self.decoders[0][0](t))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Eq. (7): class scores whose sigmoid is ŷ₀ (argmax: the class)."""
+        self.model.eval()
+        with self.autocast():
+            for block in self.model.blocks:
+                x = block(x)
+        return self.decode(x)
+
+    @torch.no_grad()
+    def activations(self, x: Tensor) -> list[Tensor]:
+        """Every sᵢ (eq. (1)), then the logits of eq. (7) (the Network's output layer is unused)."""
+        self.model.eval()
+        outputs = []
+        with self.autocast():
+            for block in self.model.blocks:
+                x = block(x)
+                outputs.append(x.float())
+        return [*outputs, self.decode(x)]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """§2.4 / §3: the parameters AL trains, those prediction uses (effective), the rest
+        (affiliated), and what a backprop network of the same hidden layers has."""
+        effective = sum(p.numel() for p in self.effective_parameters())
+        affiliated = sum(p.numel() for p in self.affiliated_parameters())
+        return {"effective": effective, "affiliated": affiliated, "total": effective + affiliated,
+                "backprop": sum(p.numel() for p in self.model.parameters())}
+
+
+def seed001_parameter_counts(input_size: int = 28 * 28, num_classes: int = 10, *, bridge_depth: int = 1,
+                             bridge_width: int | None = None) -> dict[str, object]:
+    """Parameter counts of seed 001's MLP under AL (effective, affiliated) and the widths and
+    count of the backprop MLP enlarged to AL's effective count (§3), built on the meta device."""
+    widths = SEED001_WIDTHS["mlp-seed001"]
+    with torch.device("meta"):
+        model = mlp((input_size,), num_classes, widths=widths, activation="elu", batch_norm=False)
+        rule = AssociatedLearning(model, lr=1e-4, al_bridge_depth=bridge_depth, al_bridge_width=bridge_width)
+        counts = rule.parameter_counts()
+    widths = matched_backprop_widths(input_size, widths, num_classes, counts["effective"])
+    return {**counts, "backprop_matched_widths": widths,
+            "backprop_matched": mlp_parameter_count(input_size, widths, num_classes)}
+
+
+
+RULES = {"al": AssociatedLearning}
