@@ -16,7 +16,7 @@ from locallearn import config, data
 from locallearn.engine.checkpoint import load_checkpoint
 from locallearn.engine.schedule import PAPER_DECAY, PAPER_MILESTONES
 from locallearn.engine.trainer import CHECKPOINT_NAME, Schedule, Trainer
-from locallearn.models import INIT_SCHEMES, MODEL_NAMES, build_model, initialize
+from locallearn.models import ACTIVATIONS, INIT_SCHEMES, MODEL_NAMES, build_model, initialize
 from locallearn.rules import (
     OPTIMIZERS,
     RULE_NAMES,
@@ -53,8 +53,8 @@ class TrainSettings:
     lr_milestones: tuple[float, ...] = _option(PAPER_MILESTONES, "fractions of training where the rate decays",
                                          type=float, nargs="*")
     dropout: float = _option(0.0, "dropout after every hidden nonlinearity", type=float)
-    activation: str | None = _option(None, "nonlinearity (default: leaky_relu for sim rules, else relu)",
-                                     choices=("relu", "leaky_relu", "tanh"))
+    activation: str | None = _option(None, "nonlinearity (default: leaky_relu for sim rules, tanh for the "
+                                           "TP/LRA family, elu for al, else relu)", choices=tuple(ACTIVATIONS))
     depth: int = _option(3, "MLP hidden layers", type=int)
     width: int = _option(1024, "MLP hidden width", type=int)
     width_multiplier: float = _option(1.0, "scales every conv layer's channels (VGG, AllCNN)", type=float)
@@ -100,6 +100,20 @@ class TrainSettings:
     lra_loss: str | None = _option(None, "lra-e: local loss (default gaussian)", choices=("gaussian", "cauchy"))
     lra_error_std: float | None = _option(None, "lra-e: initial std of the error weights (default √0.05)",
                                           type=float)
+    al_bridge_depth: int | None = _option(None, "al: sigmoid layers of each bridge bᵢ (default 1; 0: none, "
+                                                "eq. (3))", type=int)
+    al_bridge_width: int | None = _option(None, "al: hidden width of deeper bridges (default: the target "
+                                                "width)", type=int)
+    al_target_width: int | None = _option(None, "al: width of every target tᵢ (default: that of sᵢ)", type=int)
+    eqprop_beta: float | None = _option(None, "eqprop: β of the weakly clamped phase (default 1.0)", type=float)
+    eqprop_free_steps: int | None = _option(None, "eqprop: settling steps of the free phase (default 500)",
+                                            type=int)
+    eqprop_weak_steps: int | None = _option(None, "eqprop: settling steps of the weakly clamped phase "
+                                                  "(default 8)", type=int)
+    eqprop_step_size: float | None = _option(None, "eqprop: step ε of the settling dynamics (default 0.5)",
+                                             type=float)
+    eqprop_random_sign: bool | None = _option(None, "eqprop: draw the sign of β per batch (default on)",
+                                              action=argparse.BooleanOptionalAction)
     augment: bool = _option(True, "the paper's augmentation for the dataset (jitter, crop, flip)")
     cutout: int = _option(0, "cutout square size (0: none)", type=int)
     classes_per_batch: int | None = _option(None, "draw each batch from this many classes", type=int)

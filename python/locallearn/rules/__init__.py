@@ -10,13 +10,13 @@ from __future__ import annotations
 import inspect
 
 from locallearn.models import Network
-from locallearn.rules import backprop, ddtp, feedback_alignment, local_losses, lra, target_prop
+from locallearn.rules import associated, backprop, ddtp, equilibrium, feedback_alignment, local_losses, lra, target_prop
 from locallearn.rules.backprop import Backprop
 from locallearn.rules.base import OPTIMIZERS, Rule
 from locallearn.rules.local_losses import LocalLosses
 
 REGISTRY = {**backprop.RULES, **local_losses.RULES, **feedback_alignment.RULES, **target_prop.RULES, **ddtp.RULES,
-            **lra.RULES}
+            **lra.RULES, **associated.RULES, **equilibrium.RULES}
 RULE_NAMES = tuple(REGISTRY)
 
 
@@ -47,21 +47,23 @@ def rule_options(name: str) -> list[str]:
 
 def default_activation(rule: str) -> str:
     """The nonlinearity of the rule's paper: seed 004 §4 uses ReLU for the glob and pred
-    losses and leaky ReLU for sim and predsim; seeds 002 and 003 use tanh."""
+    losses and leaky ReLU for sim and predsim; seeds 002 and 003 use tanh, seed 001 ELU."""
     if rule in TANH_RULES:
         return "tanh"
+    if rule == "al":
+        return "elu"
     return "leaky_relu" if "sim" in rule else "relu"
 
 
 def default_batch_norm(rule: str) -> bool:
     """Whether hidden blocks get batch norm unless told otherwise: seed 004's recipe
-    has it; the target-propagation and representation-alignment rules define their
-    layer-local targets for plain layers and refuse it."""
+    has it; the target-propagation, representation-alignment, associated-learning and
+    equilibrium-propagation rules are defined for plain layers and refuse it."""
     return rule not in PLAIN_LAYER_RULES
 
 
 TANH_RULES = ("lra-e", "dtp", "dtp-sigma", "sdtp", "ao-sdtp")
-PLAIN_LAYER_RULES = ("lra-e", "ddtp", "dtp", "dtp-sigma", "sdtp", "ao-sdtp")
+PLAIN_LAYER_RULES = ("lra-e", "ddtp", "dtp", "dtp-sigma", "sdtp", "ao-sdtp", "al", "eqprop")
 
 
 __all__ = ["OPTIMIZERS", "REGISTRY", "RULE_NAMES", "Backprop", "LocalLosses", "Rule", "build_rule",
