@@ -220,6 +220,9 @@ SHAPE_CASES = [
     ("allcnn-c-short", (3, 9, 14)),
     ("mlp", (1, 8, 8)),
     ("mlp", (3, 7, 5)),
+    ("cnn-seed001", (1, 8, 8)),
+    ("cnn-seed001", (3, 37, 29)),
+    ("cnn-seed001", (2, 5, 5)),
     # Seed 003 Table 3: the locally-connected networks and their MLPs.
     *((name, shape) for name in ("lc-mnist", "lc-cifar", "lc-imagenet", "fc-mnist", "fc-cifar")
       for shape in ((1, 8, 8), (3, 17, 12), (2, 5, 5))),
@@ -248,6 +251,27 @@ def test_logits_shape_for_any_class_count(name, num_classes):
     torch.manual_seed(0)
     model = build_model(name, (3, 16, 16), num_classes, width_multiplier=0.125, width=16)
     assert model(torch.randn(5, 3, 16, 16)).shape == (5, num_classes)
+
+
+def test_seed001_cnn_layout_and_parameter_counts():
+    """Seed 001 §3.1's 14-layer CNN: 4 × conv 3×3×32, 4 × conv 3×3×64 ('same' padding; the
+    4th and 8th with stride 2, an assumption), fc1280, 4 × fc256, fc10; on 1×28×28 the
+    convs leave 64×7×7. The matched baseline only adds fully-connected layers."""
+    model = meta_model("cnn-seed001", (1, 28, 28), 10, batch_norm=False, width_multiplier=2)  # fixed widths
+    convs, fcs = model.blocks[:8], model.blocks[8:]
+    assert [(b.layer.out_channels, b.layer.kernel_size, b.layer.stride, b.layer.padding) for b in convs] == [
+        (c, (3, 3), (s, s), (1, 1)) for c, s in [(32, 1)] * 3 + [(32, 2)] + [(64, 1)] * 3 + [(64, 2)]]
+    assert all(isinstance(b.pool, nn.Identity) for b in model.blocks)
+    assert [b.layer.out_features for b in fcs] == [1280, 256, 256, 256, 256]
+    assert model.block_shapes[3] == (32, 14, 14) and model.block_shapes[7] == (64, 7, 7)
+    assert fcs[0].layer.in_features == 3136 and model.output.layer.out_features == 10
+    assert len(model.blocks) + 1 == 14
+    conv_count = 9 * 32 + 32 + 3 * (9 * 32 * 32 + 32) + 9 * 32 * 64 + 64 + 3 * (9 * 64 * 64 + 64)
+    sizes = [3136, 1280, 256, 256, 256, 256, 10]
+    assert parameter_count(model) == conv_count + sum(a * b + b for a, b in zip(sizes, sizes[1:])) == 4_700_586
+    matched = meta_model("cnn-seed001-matched", (1, 28, 28), 10, batch_norm=False)
+    assert [b.layer.out_features for b in matched.blocks[8:]] == [1280, *[256] * 24, 252]
+    assert parameter_count(matched) == 6_081_150
 
 
 # ---------------------------------------------------------------- bad input

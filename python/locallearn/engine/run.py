@@ -104,7 +104,8 @@ class TrainSettings:
                                                 "eq. (3))", type=int)
     al_bridge_width: int | None = _option(None, "al: hidden width of deeper bridges (default: the target "
                                                 "width)", type=int)
-    al_target_width: int | None = _option(None, "al: width of every target tᵢ (default: that of sᵢ)", type=int)
+    al_target_width: int | None = _option(None, "al: width of every target tᵢ (default: that of sᵢ for linear "
+                                                "blocks, 256 for conv blocks)", type=int)
     eqprop_beta: float | None = _option(None, "eqprop: β of the weakly clamped phase (default 1.0)", type=float)
     eqprop_free_steps: int | None = _option(None, "eqprop: settling steps of the free phase (default 500)",
                                             type=int)

@@ -7,6 +7,7 @@ for any input shape and class count.
 from __future__ import annotations
 
 from locallearn.models.allcnn import allcnn
+from locallearn.models.cnn import SEED001_CNN_FC, seed001_cnn
 from locallearn.models.init import INIT_SCHEMES, initialize
 from locallearn.models.lc import LAYOUTS as TABLE3_LAYOUTS, table3_network
 from locallearn.models.mlp import SEED001_WIDTHS, autoencoder, mlp
@@ -14,16 +15,16 @@ from locallearn.models.network import ACTIVATIONS, BlockSpec, HiddenBlock, Netwo
 from locallearn.models.tasks import Classification, Reconstruction, Task
 from locallearn.models.vgg import vgg
 
-MODEL_NAMES = ("mlp", *SEED001_WIDTHS, "vgg8b", "vgg11b", "allcnn-c", "allcnn-c-short", "autoencoder",
-               *TABLE3_LAYOUTS)
+MODEL_NAMES = ("mlp", *SEED001_WIDTHS, *SEED001_CNN_FC, "vgg8b", "vgg11b", "allcnn-c", "allcnn-c-short",
+               "autoencoder", *TABLE3_LAYOUTS)
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, depth: int = 3, width: int = 1024,
                 width_multiplier: float = 1.0, activation: str = "relu", dropout: float = 0.0,
                 batch_norm: bool = True) -> Network:
-    """One of ``MODEL_NAMES``; ``depth``/``width`` apply to the MLP (mlp-seed001* have seed 001's
-    fixed widths), ``width_multiplier`` to the conv nets and the locally-connected layers of
-    seed 003 Table 3 (lc-*; fc-* are that table's MLPs).
+    """One of ``MODEL_NAMES``; ``depth``/``width`` apply to the MLP (mlp-seed001* and cnn-seed001*
+    have seed 001's fixed widths), ``width_multiplier`` to the other conv nets and the
+    locally-connected layers of seed 003 Table 3 (lc-*; fc-* are that table's MLPs).
     The autoencoder (seed 003 §5.5) reconstructs its input and ignores ``num_classes``."""
     common = dict(activation=activation, dropout=dropout, batch_norm=batch_norm)
     if name == "mlp":
@@ -34,6 +35,8 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, de
         return allcnn(name, input_shape, num_classes, width_multiplier=width_multiplier, **common)
     if name in SEED001_WIDTHS:
         return mlp(input_shape, num_classes, widths=SEED001_WIDTHS[name], **common)
+    if name in SEED001_CNN_FC:
+        return seed001_cnn(name, input_shape, num_classes, **common)
     if name == "autoencoder":
         return autoencoder(input_shape, **common)
     if name in TABLE3_LAYOUTS:

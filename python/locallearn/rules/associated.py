@@ -1,13 +1,26 @@
 """Associated Learning, AL (seed 001 §2, eqs. (1)–(7)).
 
-The network is split into components i = 1..K, one per hidden block of an MLP:
+The network is split into components i = 1..K, one per hidden block of an MLP or of a
+CNN whose convolutional blocks precede its fully-connected ones:
 
-- forward function sᵢ = fᵢ(sᵢ₋₁), s₀ = x (eq. (1)): the Network's hidden block i, its
-  input detached, so that no gradient crosses a component boundary;
+- forward function sᵢ = fᵢ(sᵢ₋₁), s₀ = x (eq. (1)): the Network's hidden block i (with its
+  pooling, if any), its input detached, so that no gradient crosses a component boundary;
+  for a conv block sᵢ is a (C, H, W) feature map;
 - target encoder tᵢ = gᵢ(tᵢ₋₁) = σ(Qᵢ tᵢ₋₁), t₀ = the one-hot label (eq. (2); the paper's yᵢ);
 - inverse decoder hᵢ(tᵢ) = σ(Vᵢ tᵢ), mapping tᵢ back to tᵢ₋₁'s space (eq. (4));
 - bridge bᵢ: ``al_bridge_depth`` sigmoid layers (hidden width ``al_bridge_width``) from
-  sᵢ to tᵢ's space (§2.3); depth 0 is the identity of eq. (3) and needs sᵢ and tᵢ of one width.
+  sᵢ, flattened, to tᵢ's space (§2.3); depth 0 is eq. (3)'s plain ‖sᵢ − tᵢ‖² (sᵢ flattened)
+  and needs sᵢ and tᵢ of one size.
+
+Targets are vectors for every component (gᵢ, hᵢ are linear + sigmoid between target
+spaces). The width of tᵢ is ``al_target_width`` when set, for every component; otherwise
+a linear component's is its sᵢ's width, and a conv component's is
+:data:`CONV_TARGET_WIDTH` (256) when it has a bridge, or C·H·W without one (eq. (3)).
+The paper gives no target width; 256 is that of the CNN's trailing fully-connected layers
+(§3.1) and of the targets in the authors' public CNN code, and it keeps the target
+autoencoders small, where C·H·W (25,088 for 32×28×28) would not. The bridge is what maps
+the large flattened map down to it: §2.3 introduces bridges "especially for
+convolutional neural networks".
 
 Component i descends two local losses (§2.4: "fᵢs and bᵢs minimize the forward loss,
 gᵢs and hᵢs minimize the inverse loss"):
@@ -26,22 +39,30 @@ not the predictions (§2.4).
 
 Seed 001 §3 uses ELU for the fᵢ (the hidden blocks' activation, set when the model is
 built: ``--activation elu``), sigmoid for gᵢ, hᵢ, bᵢ, He-normal initialisation of every
-weight (``--init he`` for the fᵢ; AL's own layers always) and Adam. Its MLP is the model
-``mlp-seed001``; ``mlp-seed001-matched`` is the backprop baseline with as many parameters
-as AL's effective ones (§3, :func:`seed001_parameter_counts`). The target width of every component is the width of its sᵢ unless
-``al_target_width`` fixes one for all; the paper does not state it.
+weight (``--init he`` for the fᵢ; AL's own layers always) and Adam, and no batch norm or
+dropout in its MLP and CNN: AL refuses them here, and locally-connected blocks too.
+Its MLP is the model ``mlp-seed001`` and its CNN ``cnn-seed001``; ``mlp-seed001-matched``
+and ``cnn-seed001-matched`` are the backprop baselines with as many parameters as AL's
+effective ones (§3, :func:`seed001_parameter_counts`, :func:`seed001_cnn_parameter_counts`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from locallearn.models import Network
+from locallearn.models.cnn import SEED001_CNN_CONVS, SEED001_CNN_FC, seed001_cnn
 from locallearn.models.mlp import SEED001_WIDTHS, mlp
 from locallearn.models.tasks import at_least_float32
-from locallearn.rules.base import Rule, require_plain_mlp
+from locallearn.rules.base import Rule
+
+CONV_TARGET_WIDTH = 256
+"""Default width of a conv component's target tᵢ when it has a bridge (see the module docstring)."""
+
 
 def _he_normal_(layer: nn.Linear) -> None:
     """He-normal weights (std √(2 / fan_in), seed 001 §3) and zero biases, in place."""
@@ -51,10 +72,13 @@ def _he_normal_(layer: nn.Linear) -> None:
 
 
 class SigmoidLayers(nn.Sequential):
-    """Linear layers each followed by a sigmoid (gᵢ, hᵢ of eqs. (2), (4) and the bridges of §2.3)."""
+    """Linear layers each followed by a sigmoid (gᵢ, hᵢ of eqs. (2), (4) and the bridges of
+    §2.3); with ``flatten``, an nn.Flatten first (the bridge of a conv component)."""
 
-    def __init__(self, sizes: list[int]) -> None:
+    def __init__(self, sizes: list[int], flatten: bool = False) -> None:
         super().__init__()
+        if flatten:
+            self.append(nn.Flatten())
         for size_in, size_out in zip(sizes, sizes[1:]):
             layer = nn.Linear(size_in, size_out)
             _he_normal_(layer)
@@ -84,8 +108,36 @@ def matched_backprop_widths(input_size: int, widths: tuple[int, ...], num_classe
     return (*widths, width) if width >= 1 else widths
 
 
+def require_splittable(model: Network) -> None:
+    """Refuse, before any work, a network AL cannot split into components here: no hidden
+    blocks, locally-connected blocks, a conv block after a linear one, batch norm or dropout."""
+    if not model.blocks:
+        raise ValueError(f"AL trains hidden layers and {model.name} has none")
+    kinds = [block.kind for block in model.blocks]
+    if any(kind not in ("conv", "linear") for kind in kinds):
+        raise ValueError(f"AL is defined here for convolutional and fully-connected blocks (seed 001 eq. (1), "
+                         f"one component per hidden block); {model.name} has {'/'.join(sorted(set(kinds)))} "
+                         f"blocks: use an mlp or a conv net such as cnn-seed001")
+    if "linear" in kinds and "conv" in kinds[kinds.index("linear"):]:
+        raise ValueError(f"AL needs the conv blocks of {model.name} before its linear ones, got {kinds}")
+    if any(not isinstance(block.norm, nn.Identity) or not isinstance(block.dropout, nn.Identity)
+           for block in model.blocks):
+        raise ValueError(f"AL's layers are plain (seed 001 §3), without batch norm or dropout; "
+                         f"build {model.name} with batch_norm=False and dropout=0")
+
+
+def component_output_shapes(model: Network) -> list[tuple[int, ...]]:
+    """The shape of every sᵢ = fᵢ(sᵢ₋₁) for one example: a block's features, pooled if it pools."""
+    shapes = []
+    for block, shape in zip(model.blocks, model.block_shapes):
+        if isinstance(block.pool, nn.MaxPool2d):
+            shape = (shape[0], shape[1] // 2, shape[2] // 2)
+        shapes.append(tuple(shape))
+    return shapes
+
+
 class AssociatedLearning(Rule):
-    """AL on an MLP (see the module docstring)."""
+    """AL on an MLP or a conv-then-linear network (see the module docstring)."""
 
     name = "al"
 
@@ -93,27 +145,30 @@ class AssociatedLearning(Rule):
                  amp: bool = False, al_bridge_depth: int = 1, al_bridge_width: int | None = None,
                  al_target_width: int | None = None) -> None:
         super().__init__(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay, amp=amp)
-        require_plain_mlp(model, "AL", "seed 001 eq. (1), one component per hidden block")
+        require_splittable(model)
         if al_bridge_depth < 0:
             raise ValueError(f"al_bridge_depth must be ≥ 0 (0: no bridge, eq. (3)), got {al_bridge_depth}")
         if al_bridge_width is not None and al_bridge_width < 1:
             raise ValueError(f"al_bridge_width must be ≥ 1 (or unset: the target width), got {al_bridge_width}")
         if al_target_width is not None and al_target_width < 1:
             raise ValueError(f"al_target_width must be ≥ 1 (or unset: each sᵢ's width), got {al_target_width}")
-        feature_widths = [block.layer.out_features for block in model.blocks]
-        target_widths = [al_target_width or width for width in feature_widths]
+        shapes = component_output_shapes(model)
+        feature_widths = [math.prod(shape) for shape in shapes]
+        target_widths = [al_target_width or (CONV_TARGET_WIDTH if len(shape) > 1 and al_bridge_depth
+                                             else width) for width, shape in zip(feature_widths, shapes)]
         if al_bridge_depth == 0 and feature_widths != target_widths:
             raise ValueError(f"without a bridge (al_bridge_depth=0) the forward loss ‖sᵢ − tᵢ‖² (eq. (3)) needs "
-                             f"targets as wide as the hidden layers {feature_widths}, got al_target_width="
-                             f"{al_target_width}; leave it unset or use al_bridge_depth ≥ 1")
+                             f"targets as wide as the (flattened) hidden layers {feature_widths}, got "
+                             f"al_target_width={al_target_width}; leave it unset or use al_bridge_depth ≥ 1")
         self.bridge_depth, self.bridge_width, self.target_width = al_bridge_depth, al_bridge_width, al_target_width
         sizes = [model.num_classes, *target_widths]
         self.encoders = nn.ModuleList(SigmoidLayers([sizes[i], sizes[i + 1]]) for i in range(len(feature_widths)))
         self.decoders = nn.ModuleList(SigmoidLayers([sizes[i + 1], sizes[i]]) for i in range(len(feature_widths)))
         self.bridges = nn.ModuleList(
-            SigmoidLayers([width, *[al_bridge_width or target] * (al_bridge_depth - 1), target])
-            if al_bridge_depth else nn.Identity()
-            for width, target in zip(feature_widths, target_widths))
+            SigmoidLayers([width, *[al_bridge_width or target] * (al_bridge_depth - 1), target],
+                          flatten=len(shape) > 1)
+            if al_bridge_depth else (nn.Flatten() if len(shape) > 1 else nn.Identity())
+            for width, target, shape in zip(feature_widths, target_widths, shapes))
         parameter = next(model.parameters())
         self.associated.to(device=parameter.device, dtype=parameter.dtype)
         self.optimizer = self.make_optimizer([*self.forward_parameters(), *self.associated.parameters()])
@@ -222,6 +277,23 @@ def seed001_parameter_counts(input_size: int = 28 * 28, num_classes: int = 10, *
     return {**counts, "backprop_matched_widths": widths,
             "backprop_matched": mlp_parameter_count(input_size, widths, num_classes)}
 
+
+def seed001_cnn_parameter_counts(input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, *,
+                                 bridge_depth: int = 1, bridge_width: int | None = None) -> dict[str, object]:
+    """Parameter counts of seed 001's CNN (``cnn-seed001``) under AL (effective, affiliated)
+    and the fully-connected widths and count of the backprop CNN enlarged with fc256 layers
+    to AL's effective count (§3), built on the meta device."""
+    with torch.device("meta"):
+        model = seed001_cnn("cnn-seed001", input_shape, num_classes, activation="elu", batch_norm=False)
+        rule = AssociatedLearning(model, lr=1e-4, al_bridge_depth=bridge_depth, al_bridge_width=bridge_width)
+        counts = rule.parameter_counts()
+    convs = len(SEED001_CNN_CONVS)
+    conv_parameters = sum(p.numel() for block in model.blocks[:convs] for p in block.parameters())
+    flat = math.prod(component_output_shapes(model)[convs - 1])
+    widths = matched_backprop_widths(flat, SEED001_CNN_FC["cnn-seed001"], num_classes,
+                                     counts["effective"] - conv_parameters, extra_width=256)
+    return {**counts, "backprop_matched_fc_widths": widths,
+            "backprop_matched": conv_parameters + mlp_parameter_count(flat, widths, num_classes)}
 
 
 RULES = {"al": AssociatedLearning}
