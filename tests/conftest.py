@@ -33,3 +33,14 @@ def pytest_collection_modifyitems(config, items):
 def generator(request) -> torch.Generator:
     """A CPU generator seeded from the run seed and the test's id."""
     return torch.Generator().manual_seed(SEED ^ zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny networks (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    one intra-op thread is as fast alone and far faster when other jobs share the cores
+    (two spinning threads slowed test_ddtp_lra.py from 16 s to 135 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

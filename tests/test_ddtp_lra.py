@@ -17,14 +17,7 @@ from locallearn.rules.lra import (LOCAL_LOSSES, LocalRepresentationAlignment, ca
                                   gaussian_error, gaussian_loss)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are tiny: one thread is as fast, and on a shared CPU far faster than
-    two threads waiting for each other (measured: 16 s against 135 s for this file)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_mlp(input_size=2, width=3, num_classes=4, depth=2, activation="tanh"):

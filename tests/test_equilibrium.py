@@ -12,12 +12,7 @@ from locallearn.rules import Backprop
 from locallearn.rules.equilibrium import RULES, EquilibriumPropagation, hard_sigmoid
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_rule(seed: int = 0, steps: int = 4000, **options) -> EquilibriumPropagation:

@@ -26,14 +26,7 @@ SMALL_MODELS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast alone and far faster when
-    other jobs share the cores (two spinning threads then slow a run tenfold)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_rule(rule_name: str, model_kind: str, init_seed: int = 0, **options):
