@@ -226,6 +226,8 @@ SHAPE_CASES = [
     # Seed 003 Table 3: the locally-connected networks and their MLPs.
     *((name, shape) for name in ("lc-mnist", "lc-cifar", "lc-imagenet", "fc-mnist", "fc-cifar")
       for shape in ((1, 8, 8), (3, 17, 12), (2, 5, 5))),
+    # He et al. 2016 §4.2: the CIFAR ResNets (tests/test_resnet.py has their layout and counts).
+    *((name, shape) for name in ("resnet20", "resnet32") for shape in ((3, 32, 32), (3, 37, 29), (2, 5, 5))),
 ]
 
 

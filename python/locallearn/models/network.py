@@ -7,9 +7,11 @@ loss (seed 004 §3) and detaches the graph between them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from locallearn.models.tasks import Classification, Task
 from locallearn.nn.locally_connected import LocallyConnected2d
@@ -22,15 +24,19 @@ ACTIVATIONS = {
 }
 
 
-BLOCK_KINDS = ("conv", "locally_connected", "linear")
+BLOCK_KINDS = ("conv", "locally_connected", "linear", "residual")
 SPATIAL_KINDS = ("conv", "locally_connected")
+OUTPUT_KINDS = ("linear", "conv", "pooled_linear")
+"""The output layer: flatten → linear (MLP, VGG); 1×1 conv → global average pooling
+(AllCNN-C); global average pooling → linear (the CIFAR ResNets of He et al. 2016 §4.2)."""
 
 
 @dataclass(frozen=True)
 class BlockSpec:
     """One hidden block: a conv or locally-connected layer (kernel, stride, zero padding
     (kernel − 1) // 2, which keeps the size at stride 1) or a linear layer, followed by
-    batch norm, the nonlinearity, dropout and optionally 2×2 max pooling."""
+    batch norm, the nonlinearity, dropout and optionally 2×2 max pooling; or (kind
+    "residual") a basic residual block of two such convolutions (:class:`ResidualBlock`)."""
 
     width: int
     kind: str = "conv"  # one of BLOCK_KINDS
@@ -95,6 +101,69 @@ class HiddenBlock(nn.Module):
         return self.emit(self.features(x))
 
 
+class ResidualBlock(nn.Module):
+    """The basic residual block of He et al. 2016 (§3.2, Fig. 2; §4.2 on CIFAR-10):
+    conv (stride s) → batch norm → nonlinearity → conv → batch norm, plus the shortcut,
+    then the nonlinearity; dropout (→ 2×2 max pool) follow as in :class:`HiddenBlock`.
+
+    The shortcut is the identity, or where the block changes the shape He et al.'s
+    option A (§3.3, used on CIFAR-10 in §4.2): the input subsampled with stride s and
+    zero channels appended up to the block's width, so it has no parameters. Both
+    convolutions have the spec's (odd) kernel and 'same' padding. Without batch norm
+    the convolutions get biases instead.
+
+    Same interface as :class:`HiddenBlock`: ``features(x)`` (after the last
+    nonlinearity) and ``emit(h)``; ``norm`` is the second batch norm (the one before
+    the block's output nonlinearity), so that rules asking "does this block normalise
+    over the batch?" read it as they read a HiddenBlock's.
+    """
+
+    kind = "residual"
+
+    def __init__(self, in_shape: tuple[int, ...], spec: BlockSpec, activation: str, dropout: float,
+                 batch_norm: bool) -> None:
+        super().__init__()
+        _require_image(spec.kind, in_shape)
+        if spec.kernel_size % 2 == 0:
+            raise ValueError(f"a residual block needs an odd kernel ('same' padding), got {spec.kernel_size}")
+        channels = in_shape[0]
+        if spec.width < channels:
+            raise ValueError(f"a residual block's parameter-free shortcut (He et al. option A) pads channels "
+                             f"with zeros and cannot drop them: width {spec.width} < {channels} input channels")
+        padding = (spec.kernel_size - 1) // 2
+        self.conv1 = nn.Conv2d(channels, spec.width, spec.kernel_size, spec.stride, padding, bias=not batch_norm)
+        self.norm1 = nn.BatchNorm2d(spec.width) if batch_norm else nn.Identity()
+        self.inner_activation = make_activation(activation)
+        self.conv2 = nn.Conv2d(spec.width, spec.width, spec.kernel_size, 1, padding, bias=not batch_norm)
+        self.norm2 = nn.BatchNorm2d(spec.width) if batch_norm else nn.Identity()
+        self.activation = make_activation(activation)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.pool = nn.MaxPool2d(2) if spec.max_pool else nn.Identity()
+        self.stride, self.padded_channels = spec.stride, spec.width - channels
+
+    @property
+    def norm(self) -> nn.Module:
+        return self.norm2
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        """Identity, or option A: subsample by the stride, append zero channels."""
+        if self.stride > 1:
+            x = x[:, :, ::self.stride, ::self.stride]
+        if self.padded_channels:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.padded_channels))
+        return x
+
+    def features(self, x: Tensor) -> Tensor:
+        residual = self.norm2(self.conv2(self.inner_activation(self.norm1(self.conv1(x)))))
+        return self.activation(residual + self.shortcut(x))
+
+    def emit(self, h: Tensor) -> Tensor:
+        return self.pool(self.dropout(h))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.emit(self.features(x))
+
+
 class LinearOutput(nn.Module):
     """The classifier of an MLP or VGG: flatten, then a linear layer to the logits."""
 
@@ -118,19 +187,46 @@ class ConvOutput(nn.Module):
         return self.layer(x).mean(dim=(2, 3))
 
 
+class PooledLinearOutput(nn.Module):
+    """The classifier of the CIFAR ResNets (He et al. 2016 §4.2): global average pooling
+    over the positions, then a linear layer to the logits."""
+
+    def __init__(self, in_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(in_shape[0], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x.mean(dim=(2, 3)))
+
+
+OUTPUTS = {"linear": LinearOutput, "conv": ConvOutput, "pooled_linear": PooledLinearOutput}
+
+
 class Network(nn.Module):
     """Hidden blocks in order, then the output layer; ``forward`` gives the output (logits,
     or a reconstruction). ``num_classes`` is the number of output units; ``task`` says
-    what they are trained to be (default: classification into ``num_classes`` classes)."""
+    what they are trained to be (default: classification into ``num_classes`` classes);
+    ``output`` is one of :data:`OUTPUT_KINDS` (``conv_output=True`` is the older spelling
+    of ``output="conv"``).
+
+    ``groups`` splits the hidden blocks into consecutive groups of the given sizes
+    (``block_groups``: the blocks' indices per group); by default every block is its own
+    group. A group is a unit a block-wise rule may train as one (a ResNet's stage, for
+    Associated Learning); rules that train each block on its own ignore it."""
 
     def __init__(self, name: str, input_shape: tuple[int, ...], num_classes: int, specs: list[BlockSpec], *,
-                 activation: str, dropout: float, batch_norm: bool, conv_output: bool = False,
+                 activation: str, dropout: float, batch_norm: bool, output: str = "linear",
+                 conv_output: bool = False, groups: Sequence[int] | None = None,
                  task: Task | None = None) -> None:
         super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if conv_output:
+            output = "conv"
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUT_KINDS)}, got {output!r}")
         self.name, self.input_shape, self.num_classes = name, tuple(input_shape), num_classes
         self.task = Classification(num_classes) if task is None else task
         self.blocks = nn.ModuleList()
@@ -141,12 +237,19 @@ class Network(nn.Module):
             if min(feature_shape) < 1 or min(shape_out) < 1:
                 raise ValueError(f"{name}: input {self.input_shape} is too small: block {index} "
                                  f"receives {shape} and leaves an empty feature map")
-            self.blocks.append(HiddenBlock(shape, spec, activation, dropout, batch_norm))
+            block = ResidualBlock if spec.kind == "residual" else HiddenBlock
+            self.blocks.append(block(shape, spec, activation, dropout, batch_norm))
             self.block_shapes.append(feature_shape)
             shape = shape_out
-        if conv_output and len(shape) != 3:
-            raise ValueError(f"{name}: a convolutional output needs (C, H, W) features, got {shape}")
-        self.output = ConvOutput(shape, num_classes) if conv_output else LinearOutput(shape, num_classes)
+        if output != "linear" and len(shape) != 3:
+            raise ValueError(f"{name}: a {output!r} output needs (C, H, W) features, got {shape}")
+        self.output = OUTPUTS[output](shape, num_classes)
+        sizes = (1,) * len(self.blocks) if groups is None else tuple(groups)
+        if sum(sizes) != len(self.blocks) or min(sizes, default=1) < 1:
+            raise ValueError(f"{name}: groups {sizes} must be positive sizes summing to the {len(self.blocks)} "
+                             f"hidden blocks")
+        starts = [sum(sizes[:index]) for index in range(len(sizes))]
+        self.block_groups = tuple(tuple(range(start, start + size)) for start, size in zip(starts, sizes))
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
@@ -168,6 +271,8 @@ def _require_image(kind: str, in_shape: tuple[int, ...]) -> None:
 
 def _shapes_after(spec: BlockSpec, in_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(features shape, output shape) of one example through a block."""
+    if spec.kind not in BLOCK_KINDS:
+        raise ValueError(f"block kind must be one of {', '.join(BLOCK_KINDS)}, got {spec.kind!r}")
     if spec.kind == "linear":
         return (spec.width,), (spec.width,)
     _require_image(spec.kind, in_shape)

@@ -74,8 +74,8 @@ class RandomFeatures(nn.Module):
 
 
 def check_invertible(model: Network, rule: str) -> None:
-    """Refuse networks whose layers have no inverse here: conv blocks, pooling, batch norm,
-    a conv output."""
+    """Refuse networks whose layers have no inverse here: conv or residual blocks, pooling,
+    batch norm, a conv output."""
     if not model.blocks:
         raise ValueError(f"rule {rule!r} trains hidden layers from targets and {model.name} has none")
     for index, block in enumerate(model.blocks):
@@ -84,6 +84,11 @@ def check_invertible(model: Network, rule: str) -> None:
                 f"rule {rule!r} needs layer inverses, which exist for fully-connected and locally-connected "
                 f"layers (seed 003 §5.4); block {index} of {model.name} is a convolution, whose shared weights "
                 f"have none: use an mlp or a locally-connected model (lc-mnist, lc-cifar, lc-imagenet)")
+        if block.kind == "residual":
+            raise ValueError(
+                f"rule {rule!r} needs layer inverses and block {index} of {model.name} is a residual block "
+                f"(two convolutions and a shortcut), which has none here: use an mlp or a locally-connected "
+                f"model (lc-mnist, lc-cifar, lc-imagenet)")
         if not isinstance(block.norm, nn.Identity):
             raise ValueError(
                 f"rule {rule!r} needs a per-example inverse of every layer and block {index} of {model.name} "
