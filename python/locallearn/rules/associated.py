@@ -1,11 +1,17 @@
 """Associated Learning, AL (seed 001 §2, eqs. (1)–(7)).
 
-The network is split into components i = 1..K, one per hidden block of an MLP or of a
-CNN whose convolutional blocks precede its fully-connected ones:
+The network is split into components i = 1..K, one per group of hidden blocks
+(``Network.block_groups``): one per hidden block of an MLP or of a CNN whose
+convolutional blocks precede its fully-connected ones, and for the CIFAR ResNets
+(resnet20, resnet32) the first convolution, then one component per stage of residual
+blocks, as seed 001's authors split them (SamYWK/Associated_Learning,
+CIFAR10/models.py, ``ResNet_AL``: four components, a bridge after each stage):
 
-- forward function sᵢ = fᵢ(sᵢ₋₁), s₀ = x (eq. (1)): the Network's hidden block i (with its
-  pooling, if any), its input detached, so that no gradient crosses a component boundary;
-  for a conv block sᵢ is a (C, H, W) feature map;
+- forward function sᵢ = fᵢ(sᵢ₋₁), s₀ = x (eq. (1)): the Network's hidden blocks of group i
+  composed (with their pooling, if any), the input detached, so that no gradient crosses
+  a component boundary; for conv and residual blocks sᵢ is a (C, H, W) feature map. Batch
+  norm inside fᵢ is allowed: it normalises sᵢ₋₁'s batch within the component and adds no
+  path between components (seed 001 §3 trains the ResNets with it);
 - target encoder tᵢ = gᵢ(tᵢ₋₁) = σ(Qᵢ tᵢ₋₁), t₀ = the one-hot label (eq. (2); the paper's yᵢ);
 - inverse decoder hᵢ(tᵢ) = σ(Vᵢ tᵢ), mapping tᵢ back to tᵢ₋₁'s space (eq. (4));
 - bridge bᵢ: ``al_bridge_depth`` sigmoid layers (hidden width ``al_bridge_width``) from
@@ -39,8 +45,9 @@ not the predictions (§2.4).
 
 Seed 001 §3 uses ELU for the fᵢ (the hidden blocks' activation, set when the model is
 built: ``--activation elu``), sigmoid for gᵢ, hᵢ, bᵢ, He-normal initialisation of every
-weight (``--init he`` for the fᵢ; AL's own layers always) and Adam, and no batch norm or
-dropout in its MLP and CNN: AL refuses them here, and locally-connected blocks too.
+weight (``--init he`` for the fᵢ; AL's own layers always) and Adam, no batch norm or
+dropout in its MLP and CNN (build them with ``batch_norm=False``) and batch norm in its
+ResNets. AL refuses dropout here, and locally-connected blocks.
 Its MLP is the model ``mlp-seed001`` and its CNN ``cnn-seed001``; ``mlp-seed001-matched``
 and ``cnn-seed001-matched`` are the backprop baselines with as many parameters as AL's
 effective ones (§3, :func:`seed001_parameter_counts`, :func:`seed001_cnn_parameter_counts`).
@@ -49,6 +56,7 @@ effective ones (§3, :func:`seed001_parameter_counts`, :func:`seed001_cnn_parame
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +65,7 @@ from torch.nn import functional as F
 from locallearn.models import Network
 from locallearn.models.cnn import SEED001_CNN_CONVS, SEED001_CNN_FC, seed001_cnn
 from locallearn.models.mlp import SEED001_WIDTHS, mlp
+from locallearn.models.resnet import MATCHED_FC_WIDTH, resnet
 from locallearn.models.tasks import at_least_float32
 from locallearn.rules.base import Rule
 
@@ -85,51 +94,60 @@ class SigmoidLayers(nn.Sequential):
             self.extend([layer, nn.Sigmoid()])
 
 
-def mlp_parameter_count(input_size: int, widths: tuple[int, ...], num_classes: int) -> int:
-    """Weights and biases of a fully-connected network input → widths → num_classes."""
-    sizes = [input_size, *widths, num_classes]
-    return sum(size_in * size_out + size_out for size_in, size_out in zip(sizes, sizes[1:]))
+def mlp_parameter_count(input_size: int, widths: tuple[int, ...], num_classes: int, *,
+                        batch_norm: bool = False) -> int:
+    """Weights and biases of a fully-connected network input → widths → num_classes; with
+    ``batch_norm`` every hidden layer has batch norm's 2 parameters per unit instead of a bias."""
+    per_unit = 2 if batch_norm else 1
+    sizes = [input_size, *widths]
+    hidden = sum(size_in * size_out + per_unit * size_out for size_in, size_out in zip(sizes, sizes[1:]))
+    return hidden + sizes[-1] * num_classes + num_classes
 
 
 def matched_backprop_widths(input_size: int, widths: tuple[int, ...], num_classes: int, target: int,
-                            extra_width: int = 1024) -> tuple[int, ...]:
+                            extra_width: int = 1024, *, batch_norm: bool = False) -> tuple[int, ...]:
     """Seed 001 §3: the backprop baseline gets extra hidden layers until its parameter count
     equals AL's effective one (``target``). Layers of ``extra_width`` are appended while they
     fit; a last layer, sized to come closest to ``target``, closes the gap."""
-    if mlp_parameter_count(input_size, widths, num_classes) > target:
+    count = partial(mlp_parameter_count, input_size, num_classes=num_classes, batch_norm=batch_norm)
+    if count(widths) > target:
         raise ValueError(f"the backprop MLP {widths} already has more than {target} parameters")
     widths = tuple(widths)
-    while mlp_parameter_count(input_size, (*widths, extra_width), num_classes) <= target:
+    while count((*widths, extra_width)) <= target:
         widths = (*widths, extra_width)
     previous = widths[-1] if widths else input_size
-    gap = target - mlp_parameter_count(input_size, widths, num_classes)
-    # A last hidden layer of width w adds previous·w + w + w·num_classes − previous·num_classes.
-    width = round((gap + previous * num_classes) / (previous + 1 + num_classes))
+    gap = target - count(widths)
+    # A last hidden layer of width w adds previous·w + u·w + w·num_classes − previous·num_classes,
+    # u the parameters per unit (a bias, or batch norm's two).
+    width = round((gap + previous * num_classes) / (previous + (2 if batch_norm else 1) + num_classes))
     return (*widths, width) if width >= 1 else widths
+
+
+SPATIAL_KINDS = ("conv", "residual")
 
 
 def require_splittable(model: Network) -> None:
     """Refuse, before any work, a network AL cannot split into components here: no hidden
-    blocks, locally-connected blocks, a conv block after a linear one, batch norm or dropout."""
+    blocks, locally-connected blocks, a conv or residual block after a linear one, dropout."""
     if not model.blocks:
         raise ValueError(f"AL trains hidden layers and {model.name} has none")
     kinds = [block.kind for block in model.blocks]
-    if any(kind not in ("conv", "linear") for kind in kinds):
-        raise ValueError(f"AL is defined here for convolutional and fully-connected blocks (seed 001 eq. (1), "
-                         f"one component per hidden block); {model.name} has {'/'.join(sorted(set(kinds)))} "
-                         f"blocks: use an mlp or a conv net such as cnn-seed001")
-    if "linear" in kinds and "conv" in kinds[kinds.index("linear"):]:
+    if any(kind not in (*SPATIAL_KINDS, "linear") for kind in kinds):
+        raise ValueError(f"AL is defined here for convolutional, residual and fully-connected blocks (seed 001 "
+                         f"eq. (1), one component per group of hidden blocks); {model.name} has "
+                         f"{'/'.join(sorted(set(kinds)))} blocks: use an mlp or a conv net such as cnn-seed001")
+    if "linear" in kinds and any(kind in SPATIAL_KINDS for kind in kinds[kinds.index("linear"):]):
         raise ValueError(f"AL needs the conv blocks of {model.name} before its linear ones, got {kinds}")
-    if any(not isinstance(block.norm, nn.Identity) or not isinstance(block.dropout, nn.Identity)
-           for block in model.blocks):
-        raise ValueError(f"AL's layers are plain (seed 001 §3), without batch norm or dropout; "
-                         f"build {model.name} with batch_norm=False and dropout=0")
+    if any(not isinstance(block.dropout, nn.Identity) for block in model.blocks):
+        raise ValueError(f"AL's layers are plain (seed 001 §3), without dropout; build {model.name} with dropout=0")
 
 
 def component_output_shapes(model: Network) -> list[tuple[int, ...]]:
-    """The shape of every sᵢ = fᵢ(sᵢ₋₁) for one example: a block's features, pooled if it pools."""
+    """The shape of every sᵢ = fᵢ(sᵢ₋₁) for one example: the features of the last block of
+    group i, pooled if it pools."""
     shapes = []
-    for block, shape in zip(model.blocks, model.block_shapes):
+    for group in model.block_groups:
+        block, shape = model.blocks[group[-1]], model.block_shapes[group[-1]]
         if isinstance(block.pool, nn.MaxPool2d):
             shape = (shape[0], shape[1] // 2, shape[2] // 2)
         shapes.append(tuple(shape))
@@ -137,7 +155,7 @@ def component_output_shapes(model: Network) -> list[tuple[int, ...]]:
 
 
 class AssociatedLearning(Rule):
-    """AL on an MLP or a conv-then-linear network (see the module docstring)."""
+    """AL on an MLP, a conv-then-linear network or a ResNet (see the module docstring)."""
 
     name = "al"
 
@@ -174,6 +192,11 @@ class AssociatedLearning(Rule):
         self.optimizer = self.make_optimizer([*self.forward_parameters(), *self.associated.parameters()])
 
     @property
+    def components(self) -> list[nn.Sequential]:
+        """The fᵢ: the Network's hidden blocks of group i, composed (the blocks themselves, not copies)."""
+        return [nn.Sequential(*(self.model.blocks[index] for index in group)) for group in self.model.block_groups]
+
+    @property
     def associated(self) -> nn.ModuleDict:
         """AL's own modules: the gᵢ (encoders), hᵢ (decoders) and bᵢ (bridges)."""
         return nn.ModuleDict({"encoders": self.encoders, "decoders": self.decoders, "bridges": self.bridges})
@@ -203,8 +226,9 @@ class AssociatedLearning(Rule):
         target = F.one_hot(y, self.model.num_classes).to(next(self.model.parameters()).dtype)
         forward_losses, inverse_losses = [], []
         with self.autocast():
-            for block, encoder, decoder, bridge in zip(self.model.blocks, self.encoders, self.decoders, self.bridges):
-                s = block(s.detach())  # eq. (1)
+            for component, encoder, decoder, bridge in zip(self.components, self.encoders, self.decoders,
+                                                           self.bridges):
+                s = component(s.detach())  # eq. (1)
                 previous = target.detach()
                 target = encoder(previous)  # eq. (2)
                 difference = at_least_float32(bridge(s)) - at_least_float32(target.detach())
@@ -246,12 +270,13 @@ class AssociatedLearning(Rule):
 
     @torch.no_grad()
     def activations(self, x: Tensor) -> list[Tensor]:
-        """Every sᵢ (eq. (1)), then the logits of eq. (7) (the Network's output layer is unused)."""
+        """Every sᵢ (eq. (1)), one per component, then the logits of eq. (7) (the Network's
+        output layer is unused)."""
         self.model.eval()
         outputs = []
         with self.autocast():
-            for block in self.model.blocks:
-                x = block(x)
+            for component in self.components:
+                x = component(x)
                 outputs.append(x.float())
         return [*outputs, self.decode(x)]
 
@@ -294,6 +319,27 @@ def seed001_cnn_parameter_counts(input_shape: tuple[int, int, int] = (1, 28, 28)
                                      counts["effective"] - conv_parameters, extra_width=256)
     return {**counts, "backprop_matched_fc_widths": widths,
             "backprop_matched": conv_parameters + mlp_parameter_count(flat, widths, num_classes)}
+
+
+
+def seed001_resnet_parameter_counts(name: str = "resnet20", input_shape: tuple[int, int, int] = (3, 32, 32),
+                                    num_classes: int = 10, *, bridge_depth: int = 1,
+                                    bridge_width: int | None = None) -> dict[str, object]:
+    """Parameter counts of ResNet-20 or ResNet-32 (with batch norm) under AL (effective,
+    affiliated) and the fully-connected widths and count of the backprop baseline of §3:
+    the residual network whose pooled output is replaced by fully-connected layers of
+    :data:`~locallearn.models.resnet.MATCHED_FC_WIDTH` (batch norm, no bias) from the
+    flattened last stage, the last one sized to close the gap to AL's effective count."""
+    with torch.device("meta"):
+        model = resnet(name, input_shape, num_classes, activation="elu", batch_norm=True)
+        rule = AssociatedLearning(model, lr=1e-3, al_bridge_depth=bridge_depth, al_bridge_width=bridge_width)
+        counts = rule.parameter_counts()
+    block_parameters = sum(p.numel() for p in model.blocks.parameters())
+    flat = math.prod(component_output_shapes(model)[-1])
+    widths = matched_backprop_widths(flat, (), num_classes, counts["effective"] - block_parameters,
+                                     extra_width=MATCHED_FC_WIDTH, batch_norm=True)
+    return {**counts, "backprop_matched_fc_widths": widths,
+            "backprop_matched": block_parameters + mlp_parameter_count(flat, widths, num_classes, batch_norm=True)}
 
 
 RULES = {"al": AssociatedLearning}
