@@ -84,18 +84,37 @@ def test_missing_config_file_is_reported(tmp_path, capsys):
                          ids=lambda path: path.name)
 def test_every_shipped_config_is_valid(config_path):
     """Each recipe parses, names a registered rule and builds its model and rule."""
+    command = "demo" if config_path.name == "demo.toml" else "train"
+    build_from_command_line([command, "--config", str(config_path)])
+
+
+@pytest.mark.parametrize("recipe, baseline", [
+    ("seed001-fashion-mnist-al-mlp.toml", "mlp-seed001-matched"),
+    ("seed001-fashion-mnist-al-cnn.toml", "cnn-seed001-matched"),
+    ("seed001-cifar10-al-resnet20.toml", "resnet20-matched"),
+    ("seed001-cifar10-al-resnet32.toml", "resnet32-matched"),
+])
+def test_seed001_recipes_run_their_backprop_baseline_as_their_comments_say(recipe, baseline):
+    path = Path(__file__).parents[1] / "configs" / recipe
+    assert "--rule backprop" in path.read_text() and baseline in path.read_text()
+    build_from_command_line(["train", "--config", str(path), "--rule", "backprop", "--model", baseline])
+
+
+def build_from_command_line(argv: list[str]) -> None:
+    """Parse a command line and build its model and rule as `locallearn train` would (on a
+    1×28×28 input, which every recipe's model accepts)."""
     from locallearn.engine.run import RULE_OPTIONS, TrainSettings
     from locallearn.models import build_model
     from locallearn.rules import RULE_NAMES, build_rule
 
-    command = "demo" if config_path.name == "demo.toml" else "train"
-    args = cli.parse_args([command, "--config", str(config_path)])
+    args = cli.parse_args(argv)
     rule = getattr(args, "rule", "predsim")
     assert rule in RULE_NAMES
     settings = TrainSettings(rule=rule, **{name: getattr(args, name) for name in cli._setting_names(cli.DEMO_FIXED)})
     settings = settings.resolved()
-    model = build_model(settings.model, (1, 28, 28), 10, depth=settings.depth, width=settings.width,
-                        batch_norm=settings.batch_norm, activation=settings.activation)
+    with torch.device("meta"):  # the matched baselines hold up to 27M parameters
+        model = build_model(settings.model, (1, 28, 28), 10, depth=settings.depth, width=settings.width,
+                            batch_norm=settings.batch_norm, activation=settings.activation)
     options = {name: getattr(settings, name) for name in RULE_OPTIONS if getattr(settings, name) is not None}
     build_rule(rule, model, lr=settings.lr, optimizer=settings.optimizer, **options)
 
