@@ -236,6 +236,15 @@ def test_total_discrepancy_of_lra_e():
     assert total_discrepancy(metrics) == pytest.approx(float(sum(hidden) + metrics["loss/output"]))
 
 
+def test_total_discrepancy_of_associated_learning():
+    """AL's forward losses (eq. (6)) are its local losses; its inverse losses (eq. (5)) train
+    the target path and are left out."""
+    rule = build_rule("al", digits_mlp(depth=2, batch_norm=False), lr=1e-3)
+    metrics = rule.train_step(*digits_batch())
+    forward = [metrics[f"loss/forward{index}"] for index in range(2)]
+    assert total_discrepancy(metrics) == pytest.approx(float(sum(forward)))
+
+
 def test_discrepancy_history(tmp_path):
     log = MetricsLog(tmp_path)
     log.write({"kind": "step", "epoch": 1, "step": 10, "loss": 2.0, "loss/block0": 1.0, "loss/output": 2.0})

@@ -25,10 +25,11 @@ from locallearn.rules.base import Rule
 
 MEASURES = ("gradient", "step")
 GROUPINGS = ("parameter", "module", "network")
-LOCAL_LOSS_KEY = re.compile(r"loss/(block\d+|output)")
-"""The per-layer losses of the forward pathway (``loss/block<k>``, ``loss/output``). The
-feedback pathway's own losses (``loss/inverse<k>``, ``loss/feedback<k>``) train the
-inverses, not the representations, and are no part of the discrepancy."""
+LOCAL_LOSS_KEY = re.compile(r"loss/(block\d+|forward\d+|output)")
+"""The per-layer losses of the forward pathway (``loss/block<k>``, AL's ``loss/forward<k>``,
+``loss/output``). The feedback pathway's own losses (``loss/inverse<k>``,
+``loss/feedback<k>``) train the inverses, not the representations, and are no part of the
+discrepancy."""
 
 # Feedback-alignment layers send the error back through B instead of W; backprop's
 # gradient needs the forward function of the layer they replace, whose backward uses W.
@@ -99,13 +100,13 @@ def angle_between(a: Tensor, b: Tensor) -> float:
 
 def total_discrepancy(metrics: Mapping[str, Tensor | float], *, include_output: bool = True) -> float:
     """Seed 002's total discrepancy D (§2, Fig. 1b): the sum of the layers' local losses in
-    a ``train_step`` result or a metrics.jsonl record (``loss/block<k>`` and, with
-    ``include_output``, ``loss/output``, the output layer's own loss; see
-    :data:`LOCAL_LOSS_KEY`)."""
+    a ``train_step`` result or a metrics.jsonl record (``loss/block<k>`` or AL's
+    ``loss/forward<k>`` and, with ``include_output``, ``loss/output``, the output layer's
+    own loss; see :data:`LOCAL_LOSS_KEY`)."""
     keys = [key for key in metrics if LOCAL_LOSS_KEY.fullmatch(key)
             and (include_output or key != "loss/output")]
     if not keys:
-        raise ValueError(f"the metrics hold no local losses (loss/block<k> or loss/output); "
+        raise ValueError(f"the metrics hold no local losses (loss/block<k>, loss/forward<k> or loss/output); "
                          f"their keys are: {', '.join(metrics) or 'none'}")
     return sum(float(metrics[key]) for key in keys)
 

@@ -7,8 +7,9 @@ dimension with its 95% interval (seed 000 Fig. 3, the "hunchback"), CKA and RSA
 between layers (seed 000 §III-B), the class separation of seed 001 §3.2, and t-SNE
 panels (seed 001 Fig. 3). The report also holds the angle between the rule's update
 and backprop's on the first batch at the checkpoint, per layer (seed 002 Fig. 1a), and
-the total discrepancy of every logged epoch (seed 002 Fig. 1b). With ``compare`` a second run on the same data goes
-through the same examples and CKA / RSA are computed across the two networks too.
+the total discrepancy of every logged epoch (seed 002 Fig. 1b). With ``compare`` a second
+run on the same data goes through the same examples and CKA / RSA are computed across the
+two networks too.
 Figures (PNG) and ``analysis.json`` go to ``RUN_DIR/figures/``; nothing else in the
 run directory is touched.
 """
