@@ -101,3 +101,16 @@ def test_bad_requests_say_why(runs, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert cli.main(["analyze", runs[0], "--tsne-layers", "block7", "--max-samples", "50", "--no-progress"]) == 2
     assert "block7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rule", ["al", "eqprop", "lra-e"])
+def test_every_kind_of_rule_can_be_analyzed(rule, tmp_path):
+    """Rules that predict another way (AL's decoders, EqProp's settling) or log other local
+    losses (AL's loss/forward<k>) still give a full report."""
+    from locallearn.analysis.report import analyze_run
+
+    options = {"eqprop_free_steps": 5, "eqprop_weak_steps": 2} if rule == "eqprop" else {}
+    run = train_digits_run(tmp_path / rule, rule=rule, batch_norm=False, **options)
+    report = analyze_run(run, max_samples=100, progress=False)["runs"][rule]
+    assert report["discrepancy"] and report["discrepancy"][0]["total"] > 0
+    assert len(report["intrinsic_dimension"]) == len(report["layers"]) == len(report["class_separation"])
