@@ -62,10 +62,12 @@ import statistics
 
 import numpy as np
 import torch
-from common import cell, dtype_name, matmul_rooflines, run_info, run_line, speedup, timed_runs, write_json
+from common import (cell, dtype_name, fill_unset, matmul_rooflines, run_info, run_line, speedup, timed_runs,
+                    write_json)
 
 from locallearn.analysis.cka import cka, cka_matrix
-from locallearn.analysis.intrinsic_dimension import twonn_dimension
+from locallearn.analysis.intrinsic_dimension import twonn_dimension, twonn_from_distances
+from locallearn.analysis.neighbors import CANDIDATE_DTYPES, candidate_precision, inner_products
 
 try:
     import skdim
@@ -131,17 +133,6 @@ def manifold_points(n: int, dim: int, noise: float, generator: torch.Generator, 
     return points.add_(torch.randn(n, dim, generator=generator, device=device), alpha=noise / math.sqrt(dim))
 
 
-def twonn_fit(r1: torch.Tensor, r2: torch.Tensor, discard_fraction: float = DISCARD_FRACTION) -> float:
-    """Eq. (2) of seed 000 (Facco et al. 2017) from first and second neighbour distances,
-    written out as the naive code would, with the library's discard rule."""
-    ratios = (r2.double() / r1.double()).sort().values
-    n = len(ratios)
-    kept = min(int(n * (1 - discard_fraction)), n - 1)
-    log_ratios = ratios[:kept].log()
-    log_survival = -torch.log1p(-torch.arange(1, kept + 1, dtype=torch.float64, device=ratios.device) / n)
-    return float((log_ratios @ log_survival) / (log_ratios @ log_ratios))
-
-
 def naive_twonn(points: torch.Tensor, block_rows: int) -> float:
     """TwoNN the first way one would write it on a GPU: fp32 ``torch.cdist`` of a block of
     rows against all points, ``topk(3)`` smallest (the point itself first), then the fit."""
@@ -150,7 +141,7 @@ def naive_twonn(points: torch.Tensor, block_rows: int) -> float:
     for start in range(0, len(points), block_rows):
         nearest = torch.cdist(points[start:start + block_rows], points).topk(3, dim=1, largest=False).values
         r1[start:start + block_rows], r2[start:start + block_rows] = nearest[:, 1], nearest[:, 2]
-    return twonn_fit(r1, r2)
+    return twonn_from_distances(r1, r2, DISCARD_FRACTION)
 
 
 def skdim_twonn(points: np.ndarray) -> float:
@@ -168,23 +159,8 @@ def faiss_status(device: torch.device) -> str | None:
 
 
 def candidate_pass_dtype(device: torch.device) -> torch.dtype:
-    """The precision of the torch backend's candidate GEMM (as in locallearn.analysis.neighbors):
-    bf16 with float32 accumulation on CUDA GPUs with bf16 tensor cores, else float32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
-        return torch.bfloat16
-    return torch.float32
-
-
-def tile_product(dtype: torch.dtype, device: torch.device):
-    """a @ bᵀ as the candidate pass computes it: bf16 products into float32 where torch has it."""
-    if dtype != torch.bfloat16:
-        return lambda a, b: a @ b.T
-    probe = torch.ones(1, 1, dtype=dtype, device=device)
-    try:
-        torch.mm(probe, probe, out_dtype=torch.float32)
-    except (TypeError, RuntimeError, NotImplementedError):
-        return lambda a, b: a @ b.T
-    return lambda a, b: torch.mm(a, b.T, out_dtype=torch.float32)
+    """The precision of the torch backend's candidate GEMM on ``device``."""
+    return CANDIDATE_DTYPES[candidate_precision(device)]
 
 
 def tile_ms(side: int, dim: int, dtype: torch.dtype, device: torch.device, repeats: int) -> float:
@@ -192,7 +168,7 @@ def tile_ms(side: int, dim: int, dtype: torch.dtype, device: torch.device, repea
     generator = torch.Generator(device=device).manual_seed(side * 31 + dim)
     operands = [tuple(torch.randn(side, dim, generator=generator, device=device).to(dtype) for _ in range(2))
                 for _ in range(2)]
-    return statistics.median(timed_runs(tile_product(dtype, device), operands, warmup=3, repeats=repeats,
+    return statistics.median(timed_runs(inner_products, operands, warmup=3, repeats=repeats,
                                         device=device))
 
 
@@ -443,9 +419,7 @@ def parse_args(argv):
     parser.add_argument("--roofline-repeats", type=int, help="timed runs of each floor tile")
     parser.add_argument("--json", help="write the results here (rewritten after every row)")
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_unset(args, QUICK if args.quick else FULL)
     return args
 
 

@@ -136,10 +136,17 @@ def _distinct_points(points: Tensor) -> Tensor:
 
 
 def _twonn(points: Tensor, discard_fraction: float, backend: Backend) -> float:
-    """Eq. (2) on distinct points: slope through the origin of −log(1 − i/N) on log μ_(i)."""
+    """Eq. (2) on distinct points."""
     distances, _ = nearest_neighbors(points, 2, backend=backend)
-    distances = distances.double().cpu()
-    ratios = (distances[:, 1] / distances[:, 0]).sort().values
+    return twonn_from_distances(distances[:, 0], distances[:, 1], discard_fraction)
+
+
+def twonn_from_distances(r1: Tensor, r2: Tensor, discard_fraction: float = 0.1) -> float:
+    """Eq. (2) from every point's first and second neighbour distances (r1 > 0): the slope
+    through the origin of −log(1 − i/N) on log μ_(i), μ = r2/r1, the largest
+    ``discard_fraction`` of μ left out."""
+    _check_discard_fraction(discard_fraction)
+    ratios = (r2.double().cpu() / r1.double().cpu()).sort().values
     n_points = len(ratios)
     # F(μ_(N)) = 1 has −log(0) = ∞: the largest ratio always goes.
     n_kept = min(int(n_points * (1 - discard_fraction)), n_points - 1)

@@ -26,12 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BACKENDS", "as_point_matrix", "nearest_neighbors"]
+__all__ = ["BACKENDS", "CANDIDATE_DTYPES", "as_point_matrix", "candidate_precision", "inner_products",
+           "nearest_neighbors"]
 
 Backend = Literal["auto", "faiss", "torch", "cpu"]
 BACKENDS = ("auto", "faiss", "torch", "cpu")
 
 CandidatePrecision = Literal["bf16", "fp32", "fp64"]
+CANDIDATE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 
 _MIN_MARGIN = 32
 """Candidates kept beyond the k wanted: k + max(_MIN_MARGIN, k) per row."""
@@ -184,14 +186,19 @@ def _exact_distances(points: Tensor, rows: Tensor, candidates: Tensor, batch_siz
     return distances, candidates.gather(1, order)
 
 
+def candidate_precision(device: torch.device) -> CandidatePrecision:
+    """The precision of the "torch" backend's candidate pass on ``device``: bf16 on CUDA
+    devices with bf16 tensor cores, else fp32 (those GPUs have no TF32 either, which would
+    round the inputs behind the bound's back)."""
+    bf16_tensor_cores = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16" if bf16_tensor_cores else "fp32"
+
+
 def _torch_neighbors(points: Tensor, k: int, exclude_self: bool, batch_size: int | None,
                      precision: CandidatePrecision | None = None) -> tuple[Tensor, Tensor]:
-    """The "torch" backend (see `nearest_neighbors`). ``precision`` of the candidate pass:
-    bf16 on CUDA devices with bf16 tensor cores, else fp32 (those GPUs have no TF32 either,
-    which would round the inputs behind the bound's back)."""
-    if precision is None:
-        bf16_tensor_cores = points.is_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
-        precision = "bf16" if bf16_tensor_cores else "fp32"
+    """The "torch" backend (see `nearest_neighbors`); ``precision`` of the candidate pass
+    defaults to `candidate_precision`."""
+    precision = precision or candidate_precision(points.device)
     n_points = len(points)
     n_candidates = _candidate_count(k, n_points - int(exclude_self))
     rows = torch.arange(n_points, device=points.device)
@@ -215,7 +222,7 @@ def _candidate_pass(points: Tensor, rows: Tensor, n_candidates: int, exclude_sel
     """
     n_points, n_features = points.shape
     device = points.device
-    pass_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[precision]
+    pass_dtype = CANDIDATE_DTYPES[precision]
     accumulate_dtype = torch.float64 if precision == "fp64" else torch.float32
     budget = _memory_budget(device)
     column_tile = max(1, min(n_points, _COLUMN_TILE, budget // (24 * n_features)))
@@ -239,7 +246,7 @@ def _candidate_pass(points: Tensor, rows: Tensor, n_candidates: int, exclude_sel
             columns = slice(column_start, column_stop)
             # lower bound of ‖a−b‖: √(computed ‖ã−b̃‖² − gamma(‖ã‖² + ‖b̃‖²)) − ρ_b, where ρ is
             # a point's rounding error ‖ã − a‖; the query's own ρ_a is subtracted after.
-            tile = _inner_products(queries, rounded.values(columns)).mul_(-2).add_(query_norms)
+            tile = inner_products(queries, rounded.values(columns)).mul_(-2).add_(query_norms)
             tile.add_(rounded.squared_norms[columns].unsqueeze(0) * (1 - gamma))
             tile.clamp_min_(0).sqrt_().sub_(rounded.errors[columns].unsqueeze(0))
             if exclude_self:
@@ -291,7 +298,7 @@ def _has_bf16_gemm_to_float32(device: torch.device) -> bool:
     return True
 
 
-def _inner_products(queries: Tensor, columns: Tensor) -> Tensor:
+def inner_products(queries: Tensor, columns: Tensor) -> Tensor:
     """queries @ columnsᵀ, in float32 for bf16 inputs: a bf16 GEMM with float32 output where
     torch has one (CUDA), else the same exact products of bf16 values in a float32 GEMM
     (exact with TF32 on too: TF32 keeps 10 mantissa bits, bf16 values have 7)."""
