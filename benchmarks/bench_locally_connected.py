@@ -32,8 +32,8 @@ import argparse
 import statistics
 
 import torch
-from common import (cell, dtype_name, matmul_rooflines, per_second, relative_difference, run_info, run_line,
-                    speedup, timed_runs, write_json)
+from common import (cell, dtype_name, fill_unset, matmul_rooflines, per_second, relative_difference, run_info,
+                    run_line, speedup, timed_runs, write_json)
 
 from locallearn import _native
 from locallearn.models import build_model
@@ -242,9 +242,7 @@ def parse_args(argv):
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_unset(args, QUICK if args.quick else FULL)
     return args
 
 

@@ -20,6 +20,14 @@ import torch
 import locallearn
 
 
+def fill_unset(args, presets: dict) -> None:
+    """Give every option of ``args`` still None its value in ``presets`` (a script's --quick
+    or full-run defaults)."""
+    for key, value in presets.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def timed_runs(step, inputs: list, warmup: int, repeats: int, device: torch.device) -> list[float]:
     """Milliseconds of `step(*inputs[i % len(inputs)])` for `repeats` runs after `warmup`."""
     for i in range(warmup):
