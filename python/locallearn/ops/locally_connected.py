@@ -70,10 +70,7 @@ def locally_connected2d(
         expected = (weight.shape[1], *out_size)
         if bias.shape != expected:
             raise ValueError(f"bias must be (C_out, H_out, W_out) = {expected}, got {tuple(bias.shape)}")
-    if _native.serves(input.device):
-        return torch.ops.locallearn.locally_connected2d(input, weight, bias, *window)
-    with _autocast_off(input.device):
-        return reference.locally_connected2d(input, weight, bias, *window)
+    return _run("locally_connected2d", input.device, input, weight, bias, *window)
 
 
 def locally_connected2d_transpose(
@@ -107,10 +104,7 @@ def locally_connected2d_transpose(
             f"{input_size} and this window, got {tuple(grad_output.shape)}"
         )
     _check_weight(weight, grad_output, "grad_output", window[0], out_size, out_channels=grad_output.shape[1])
-    if _native.serves(grad_output.device):
-        return torch.ops.locallearn.locally_connected2d_transpose(grad_output, weight, input_size, *window)
-    with _autocast_off(grad_output.device):
-        return reference.locally_connected2d_transpose(grad_output, weight, input_size, *window)
+    return _run("locally_connected2d_transpose", grad_output.device, grad_output, weight, input_size, *window)
 
 
 def locally_connected2d_weight_grad(
@@ -135,10 +129,7 @@ def locally_connected2d_weight_grad(
     if grad_output.shape[0] != input.shape[0] or tuple(grad_output.shape[2:]) != out_size:
         expected = (input.shape[0], "C_out", *out_size)
         raise ValueError(f"grad_output must be (B, C_out, H_out, W_out) = {expected}, got {tuple(grad_output.shape)}")
-    if _native.serves(input.device):
-        return torch.ops.locallearn.locally_connected2d_weight_grad(input, grad_output, *window)
-    with _autocast_off(input.device):
-        return reference.locally_connected2d_weight_grad(input, grad_output, *window)
+    return _run("locally_connected2d_weight_grad", input.device, input, grad_output, *window)
 
 
 def _pair(name: str, value: IntPair, minimum: int) -> tuple[int, int]:
@@ -230,11 +221,15 @@ def _check_weight(
         )
 
 
-def _autocast_off(device: torch.device):
-    """The reference picks its own precision; autocast must not recast its products."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
+def _run(op: str, device: torch.device, *arguments) -> Tensor:
+    """The native op ``op`` when ``locallearn._C`` serves ``device``, else its reference with
+    autocast off (the reference picks its own precision; autocast must not recast its products)."""
+    if _native.serves(device):
+        return getattr(torch.ops.locallearn, op)(*arguments)
+    autocast_off = (torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type)
+                    else contextlib.nullcontext())
+    with autocast_off:
+        return getattr(reference, op)(*arguments)
 
 
 if _native.extension is not None:
