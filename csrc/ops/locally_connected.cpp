@@ -14,7 +14,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
@@ -23,15 +22,10 @@
 
 #include "../kernels/locally_connected_math.h"
 #include "dtypes.h"
+#include "no_autocast.h"
 
 namespace locallearn {
 namespace {
-
-// The op chooses its own precision (opmath accumulation): an enclosing
-// torch.autocast must not recast the matrix products of its passes.
-struct NoAutocast {
-  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
-};
 
 // ---- checks -----------------------------------------------------------------
 

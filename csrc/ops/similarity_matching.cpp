@@ -8,13 +8,13 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <cmath>
 
 #include "../kernels/similarity_matching_math.h"
 #include "dtypes.h"
+#include "no_autocast.h"
 #include "storage_cast.h"
 
 namespace locallearn {
@@ -68,12 +68,6 @@ void check_backward_args(const at::Tensor& grad_loss, const at::Tensor& normaliz
 
 // a @ b with the result in opmath dtype: cuBLAS accumulates half-precision
 // operands in fp32 and writes fp32; on the CPU the exact upcast does the same.
-// The op chooses its own precisions (fp32 accumulation, opmath Gram matrices): an
-// enclosing torch.autocast region must not recast the matrix products inside it.
-struct NoAutocast {
-  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
-};
-
 at::Tensor matmul_opmath(const at::Tensor& a, const at::Tensor& b) {
   const auto opmath = at::toOpMathType(a.scalar_type());
   if (a.scalar_type() == opmath) return at::mm(a, b);
