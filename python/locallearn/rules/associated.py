@@ -64,6 +64,7 @@ from torch.nn import functional as F
 
 from locallearn.models import Network
 from locallearn.models.cnn import SEED001_CNN_CONVS, SEED001_CNN_FC, seed001_cnn
+from locallearn.models.init import initialize
 from locallearn.models.mlp import SEED001_WIDTHS, mlp
 from locallearn.models.resnet import MATCHED_FC_WIDTH, resnet
 from locallearn.models.tasks import at_least_float32
@@ -73,16 +74,10 @@ CONV_TARGET_WIDTH = 256
 """Default width of a conv component's target tᵢ when it has a bridge (see the module docstring)."""
 
 
-def _he_normal_(layer: nn.Linear) -> None:
-    """He-normal weights (std √(2 / fan_in), seed 001 §3) and zero biases, in place."""
-    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
-
-
 class SigmoidLayers(nn.Sequential):
     """Linear layers each followed by a sigmoid (gᵢ, hᵢ of eqs. (2), (4) and the bridges of
-    §2.3); with ``flatten``, an nn.Flatten first (the bridge of a conv component)."""
+    §2.3), He-normal weights and zero biases (seed 001 §3); with ``flatten``, an nn.Flatten
+    first (the bridge of a conv component)."""
 
     def __init__(self, sizes: list[int], flatten: bool = False) -> None:
         super().__init__()
@@ -90,7 +85,7 @@ class SigmoidLayers(nn.Sequential):
             self.append(nn.Flatten())
         for size_in, size_out in zip(sizes, sizes[1:]):
             layer = nn.Linear(size_in, size_out)
-            _he_normal_(layer)
+            initialize(layer, "he")
             self.extend([layer, nn.Sigmoid()])
 
 
