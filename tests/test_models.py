@@ -227,7 +227,10 @@ SHAPE_CASES = [
     *((name, shape) for name in ("lc-mnist", "lc-cifar", "lc-imagenet", "fc-mnist", "fc-cifar")
       for shape in ((1, 8, 8), (3, 17, 12), (2, 5, 5))),
     # He et al. 2016 §4.2: the CIFAR ResNets (tests/test_resnet.py has their layout and counts).
+    # Odd sizes: a ResNet's strided conv and its subsampled shortcut both give ⌈size / 2⌉.
     *((name, shape) for name in ("resnet20", "resnet32") for shape in ((3, 32, 32), (3, 37, 29), (2, 5, 5))),
+    ("resnet20", (1, 28, 28)),
+    ("resnet20", (1, 1, 1)),
 ]
 
 
