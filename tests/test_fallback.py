@@ -1,5 +1,6 @@
 """Without the extension, or on a device it was not built for, every op runs its
-reference with one warning, and gives the same results."""
+reference with one warning, and gives the same results; an extension that is built but
+fails to load stops the import instead."""
 
 import os
 import subprocess
@@ -45,6 +46,24 @@ def run_python(code: str, env_update: dict[str, str]) -> subprocess.CompletedPro
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
 
 
+def extension_import_raises(error: str) -> str:
+    """Code that makes importing locallearn._C raise ``error`` (a Python expression)."""
+    return textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+        class ExtensionFinder(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "locallearn._C":
+                    raise {error}
+        sys.meta_path.insert(0, ExtensionFinder())
+        """
+    )
+
+
+NOT_BUILT = "ModuleNotFoundError(\"No module named 'locallearn._C'\", name='locallearn._C')"
+UNDEFINED_SYMBOL = "ImportError('_C.so: undefined symbol: _ZN3c1013MessageLoggerC1E', name='locallearn._C')"
+
+
 def test_import_with_extension_hidden():
     hide = "import sys; sys.modules['locallearn._C'] = None\n"
     result = run_python(hide + CHECK_FALLBACK, {})
@@ -74,3 +93,34 @@ def test_device_not_built_runs_reference_with_one_warning(monkeypatch, generator
         warnings.simplefilter("error")
         locallearn.channel_std(torch.randn(2, 3, 2, 2))
 
+
+def test_extension_not_built_runs_the_references():
+    result = run_python(extension_import_raises(NOT_BUILT) + CHECK_FALLBACK, {})
+    assert result.returncode == 0, result.stderr
+    assert "fallback ok" in result.stdout and "No module named 'locallearn._C'" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "error, shown",
+    [
+        (UNDEFINED_SYMBOL, "ImportError: _C.so: undefined symbol: _ZN3c1013MessageLoggerC1E"),
+        ("OSError('libc10.so: cannot open shared object file')", "OSError: libc10.so: cannot open shared object"),
+        ("ModuleNotFoundError(\"No module named 'torch._gone'\", name='torch._gone')",
+         "ModuleNotFoundError: No module named 'torch._gone'"),
+    ],
+    ids=["undefined-symbol", "missing-library", "missing-dependency"],
+)
+def test_extension_that_fails_to_load_stops_the_import(error, shown):
+    result = run_python(extension_import_raises(error) + "import locallearn\n", {})
+    assert result.returncode != 0, "a broken extension was imported as if it were not built"
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ImportError: locallearn._C is built but fails to load"), result.stderr
+    assert shown in last_line
+    assert "pip install --no-build-isolation -e ." in last_line
+    assert f"{_native.DISABLE_ENV}=1" in last_line
+
+
+def test_switching_off_skips_importing_a_broken_extension():
+    result = run_python(extension_import_raises(UNDEFINED_SYMBOL) + CHECK_FALLBACK, {_native.DISABLE_ENV: "1"})
+    assert result.returncode == 0, result.stderr
+    assert "fallback ok" in result.stdout

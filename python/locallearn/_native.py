@@ -1,13 +1,16 @@
 """Loads the compiled ops (``locallearn._C``) and says which devices they serve.
 
 Every op has a pure-PyTorch reference in :mod:`locallearn.ops.reference`. It runs
-instead of the native op when the extension is missing, was built without the
+instead of the native op when the extension is not built, was built without the
 tensor's device, or is switched off with ``LOCALLEARN_DISABLE_NATIVE=1``; the first
-such fallback on each device type warns once.
+such fallback on each device type warns once. An extension that is built but fails
+to load (an undefined symbol, built against another torch) is an ImportError: a
+broken build must not pass for a working one.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 
@@ -15,16 +18,28 @@ import torch
 
 DISABLE_ENV = "LOCALLEARN_DISABLE_NATIVE"
 OP_NAMESPACE = "locallearn"
+EXTENSION_MODULE = "locallearn._C"
 
 
 def _load_extension():
+    """(the extension, None), or (None, why not) when it is switched off or not built;
+    raises ImportError when it is built but fails to load."""
     if os.environ.get(DISABLE_ENV, "0") not in ("", "0"):
         return None, f"switched off by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
     try:
-        from locallearn import _C
-    except ImportError as error:
-        return None, str(error)
-    return _C, None
+        return importlib.import_module(EXTENSION_MODULE), None
+    except (ImportError, OSError) as error:
+        if isinstance(error, ModuleNotFoundError) and error.name == EXTENSION_MODULE:
+            return None, str(error)
+        raise ImportError(_broken_extension_message(error)) from error
+
+
+def _broken_extension_message(error: Exception) -> str:
+    return (
+        f"{EXTENSION_MODULE} is built but fails to load ({type(error).__name__}: {error}). Rebuild it against "
+        f"the installed torch {torch.__version__} with `pip install --no-build-isolation -e .` (or without -e), "
+        f"or set {DISABLE_ENV}=1 to run the pure-PyTorch reference ops instead."
+    )
 
 
 extension, load_error = _load_extension()
