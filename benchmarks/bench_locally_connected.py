@@ -14,7 +14,10 @@ ratios. FLOPs: 2·B·L·C_out·K per product (L = H_out·W_out, K = C_in·kh·kw
 the transpose, three for forward+backward. Bytes: each tensor read or written once per
 pass — transpose y, W, x; forward+backward x, W, b, y forward, then dy, x, W, dx, dW,
 db. Rooflines measured in the same run: a square cuBLAS matmul in each dtype (FLOP/s)
-and a device-to-device copy (GB/s, read plus write).
+and a device-to-device copy (GB/s, read plus write). The fused columns are reported
+only when one untimed fused step of each case is seen to run the native ops
+(common.NativeCheck); otherwise the run stops, or with --allow-reference times the
+reference columns alone.
 
 The training step (forward, backward, Adam step) runs the "backprop" rule on lc-imagenet
 for (3, 224, 224) images and 1000 classes with seed 003's tanh and no batch norm, and
@@ -32,10 +35,9 @@ import argparse
 import statistics
 
 import torch
-from common import (cell, dtype_name, fill_unset, matmul_rooflines, per_second, relative_difference, run_info,
-                    run_line, speedup, timed_runs, write_json)
+from common import (ALLOW_REFERENCE_HELP, NativeCheck, cell, dtype_name, fill_unset, matmul_rooflines, per_second,
+                    relative_difference, run_info, run_line, speedup, timed_runs, write_json)
 
-from locallearn import _native
 from locallearn.models import build_model
 from locallearn.ops import locally_connected2d, locally_connected2d_transpose, reference
 from locallearn.rules import build_rule
@@ -43,6 +45,10 @@ from locallearn.rules import build_rule
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYER_SOURCES = {"cifar": ("lc-cifar", (3, 32, 32), 3), "imagenet": ("lc-imagenet", (3, 224, 224), 3)}
 MODES = ("forward+backward", "transpose")
+NATIVE_OPS = {"forward+backward": ("locally_connected2d", "locally_connected2d_transpose",
+                                   "locally_connected2d_weight_grad"),
+              "transpose": ("locally_connected2d_transpose",)}
+"""mode → the locallearn ops its fused step must run natively."""
 TRAIN_TARGET_GB = 16
 FULL = dict(cases=None, batches=[64, 256], dtypes=["fp32", "bf16"], repeats=20, warmup=5, roofline_size=8192,
             copy_mib=1024, train_batch=256, train_size=224, train_repeats=5)
@@ -128,7 +134,8 @@ def results_of(fn, weight, bias, window, mode: str, x, grad_output, input_size) 
     return results
 
 
-def bench_case(name: str, layer, mode: str, batch: int, dtype: torch.dtype, device: torch.device, args) -> dict:
+def bench_case(name: str, layer, mode: str, batch: int, dtype: torch.dtype, device: torch.device,
+               native: NativeCheck, args) -> dict:
     fns = implementations(not args.no_compile)  # compiled afresh: one shape per case, no recompile limit
     generator = torch.Generator(device=device).manual_seed(batch * 7919 + len(name))
     window = layer.window()
@@ -146,10 +153,12 @@ def bench_case(name: str, layer, mode: str, batch: int, dtype: torch.dtype, devi
     row = {"case": name, "mode": mode, "batch": batch, "dtype": dtype_name(dtype),
            "layer": repr(layer), "ms": {}, "memory": {}}
     expected = results_of(fns["eager"], weight, bias, window, mode, *inputs[0], layer.input_size)
-    actual = results_of(fns["fused"], weight, bias, window, mode, *inputs[0], layer.input_size)
-    row["rel_diff_vs_eager"] = max(relative_difference(a, e) for a, e in zip(actual, expected))
+    actual = native.call(lambda: results_of(fns["fused"], weight, bias, window, mode, *inputs[0], layer.input_size),
+                         NATIVE_OPS[mode])
+    row["rel_diff_vs_eager"] = (max(relative_difference(a, e) for a, e in zip(actual, expected)) if native.ran
+                                else None)
     del expected, actual
-    for impl, fn in fns.items():
+    for impl, fn in native.implementations(fns).items():
         step = (forward_backward_step(fn[0], weight, bias, window) if grad_enabled
                 else transpose_step(fn[1], weight, layer.input_size, window))
         try:
@@ -172,8 +181,9 @@ def bench_case(name: str, layer, mode: str, batch: int, dtype: torch.dtype, devi
     return row
 
 
-def training_step(device: torch.device, args) -> dict:
-    """Median time and peak memory of backprop steps on the full lc-imagenet network."""
+def training_step(device: torch.device, native: NativeCheck, args) -> dict:
+    """Median time and peak memory of backprop steps on the full lc-imagenet network,
+    after one untimed step checked for the native ops."""
     torch.manual_seed(0)
     shape = (3, args.train_size, args.train_size)
     model = build_model("lc-imagenet", shape, 1000, activation="tanh", batch_norm=False).to(device)
@@ -182,9 +192,9 @@ def training_step(device: torch.device, args) -> dict:
     inputs = [(torch.randn(args.train_batch, *shape, device=device, generator=generator),
                torch.randint(0, 1000, (args.train_batch,), device=device, generator=generator)) for _ in range(2)]
     result = {"model": "lc-imagenet", "input_shape": list(shape), "batch": args.train_batch, "rule": "backprop",
-              "optimizer": "adam", "parameters": sum(p.numel() for p in model.parameters()),
-              "native_op": _native.has_kernel("locally_connected2d", device.type)}
+              "optimizer": "adam", "parameters": sum(p.numel() for p in model.parameters())}
     try:
+        native.call(lambda: rule.train_step(*inputs[0]), NATIVE_OPS["forward+backward"])
         times = timed_runs(rule.train_step, inputs, warmup=2, repeats=args.train_repeats, device=device)
         result["ms"] = statistics.median(times)
         memory = peak_memory(rule.train_step, inputs[0], device)
@@ -240,6 +250,7 @@ def parse_args(argv):
     parser.add_argument("--train-repeats", type=int)
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    parser.add_argument("--allow-reference", action="store_true", help=ALLOW_REFERENCE_HELP)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     fill_unset(args, QUICK if args.quick else FULL)
@@ -256,23 +267,24 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(layers)}")
     rooflines = matmul_rooflines([DTYPES[name] for name in args.dtypes], args.roofline_size, device)
     bandwidth = copy_roofline(args.copy_mib, device)
-    rows = [bench_case(case, layers[case], mode, batch, DTYPES[name], device, args)
+    native = NativeCheck(device, args.allow_reference)
+    rows = [bench_case(case, layers[case], mode, batch, DTYPES[name], device, native, args)
             for name in args.dtypes for case in cases for mode in args.modes for batch in args.batches]
+    train = None if args.no_train else training_step(device, native, args)
     result = {
         "benchmark": "locally_connected2d forward+backward and transpose (seed 003 Table 3 layers)",
         **run_info(device, argv),
-        "native_op": _native.has_kernel("locally_connected2d", device.type),
+        "native": native.record(),
         "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "roofline_tflops": rooflines,
         "roofline_gbps": bandwidth,
         "rows": rows,
-        "training_step": None if args.no_train else training_step(device, args),
+        "training_step": train,
     }
-    print(run_line(result, f"native op {result['native_op']}") + f"; copy {bandwidth:.0f} GB/s")
+    print(run_line(result) + f"; copy {bandwidth:.0f} GB/s")
     print(format_table(rows, rooflines, bandwidth))
-    train = result["training_step"]
     if train:
         peak = f"{train['peak_gb']:.2f} GB" if train["peak_gb"] is not None else "n/a"
         step = f"{train['ms']:.1f} ms" if train["ms"] is not None else "out of memory"

@@ -7,6 +7,9 @@ median over --repeats runs after --warmup runs (CUDA events on a GPU). Achieved
 TFLOP/s count the model FLOPs 4·B²·D (the Gram matrix Z Zᵀ and the gradient
 product E Z, 2·B²·D each) for every implementation, so TFLOP/s ratios are speed
 ratios; the roofline is a square matmul of the same dtype measured in this run.
+The fused columns are reported only when one untimed fused step is seen to run the
+native ops (common.NativeCheck); otherwise the run stops, or with --allow-reference
+times the reference columns alone.
 
 On the GPU (writes the table to stdout and everything to the JSON file):
     python benchmarks/bench_similarity.py --json bench_similarity.json
@@ -20,14 +23,15 @@ import argparse
 import statistics
 
 import torch
-from common import (cell, dtype_name, matmul_rooflines, per_second, relative_difference, run_info, run_line,
-                    speedup, timed_runs, write_json)
+from common import (ALLOW_REFERENCE_HELP, NativeCheck, cell, dtype_name, matmul_rooflines, per_second,
+                    relative_difference, run_info, run_line, speedup, timed_runs, write_json)
 
 import locallearn
 from locallearn.ops import reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NUM_CLASSES = 10
+NATIVE_OPS = ("similarity_matching_loss", "similarity_matching_loss_backward")
 
 
 def training_step(loss_fn):
@@ -51,18 +55,17 @@ def implementations(compile_reference: bool) -> dict:
     return fns
 
 
-def gradient_disagreement(fused, eager, features: torch.Tensor, labels: torch.Tensor) -> float:
-    """Relative difference of the fused and eager gradients, so no row times a wrong result."""
-    grads = []
-    for loss_fn in (fused, eager):
-        features.grad = None
-        loss_fn(features, labels).backward()
-        grads.append(features.grad.float())
+def gradient(loss_fn, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss's gradient in the features, in float32."""
     features.grad = None
-    return relative_difference(grads[0], grads[1])
+    loss_fn(features, labels).backward()
+    grad = features.grad.float()
+    features.grad = None
+    return grad
 
 
-def bench_config(batch: int, dim: int, dtype: torch.dtype, device: torch.device, args) -> dict:
+def bench_config(batch: int, dim: int, dtype: torch.dtype, device: torch.device, native: NativeCheck,
+                 args) -> dict:
     generator = torch.Generator(device=device).manual_seed(batch * 100003 + dim)
     inputs = [
         (
@@ -73,8 +76,11 @@ def bench_config(batch: int, dim: int, dtype: torch.dtype, device: torch.device,
     ]
     row = {"batch": batch, "dim": dim, "dtype": dtype_name(dtype), "ms": {}}
     fns = implementations(not args.no_compile)
-    row["grad_rel_diff_vs_eager"] = gradient_disagreement(fns["fused"], fns["eager"], *inputs[0])
-    for name, loss_fn in fns.items():
+    expected = gradient(fns["eager"], *inputs[0])
+    actual = native.call(lambda: gradient(fns["fused"], *inputs[0]), NATIVE_OPS)
+    # the fused gradient is checked against eager's so that no row times a wrong result
+    row["grad_rel_diff_vs_eager"] = relative_difference(actual, expected) if native.ran else None
+    for name, loss_fn in native.implementations(fns).items():
         try:
             times = timed_runs(training_step(loss_fn), inputs, args.warmup, args.repeats, device)
             row["ms"][name] = statistics.median(times)
@@ -118,6 +124,7 @@ def parse_args(argv):
     parser.add_argument("--input-sets", type=int, default=3, help="fresh input sets to rotate among")
     parser.add_argument("--roofline-size", type=int, default=8192)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    parser.add_argument("--allow-reference", action="store_true", help=ALLOW_REFERENCE_HELP)
     parser.add_argument("--json", help="write the results here")
     return parser.parse_args(argv)
 
@@ -126,8 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     rooflines = matmul_rooflines([DTYPES[name] for name in args.dtypes], args.roofline_size, device)
+    native = NativeCheck(device, args.allow_reference)
     rows = [
-        bench_config(batch, dim, DTYPES[name], device, args)
+        bench_config(batch, dim, DTYPES[name], device, native, args)
         for name in args.dtypes
         for batch in args.batches
         for dim in args.dims
@@ -135,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "similarity_matching_loss forward+backward",
         **run_info(device, argv),
+        "native": native.record(),
         "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "repeats": args.repeats,
         "warmup": args.warmup,

@@ -1,6 +1,7 @@
 """What the benchmark scripts share: timing a step (CUDA events on a GPU, wall time
-elsewhere), the matmul roofline, achieved rates and relative differences, the cells of
-their tables, the record of where and how a run happened, and writing the JSON file.
+elsewhere), the proof that a "fused" column ran the native ops, the matmul roofline,
+achieved rates and relative differences, the cells of their tables, the record of where
+and how a run happened, and writing the JSON file.
 
 The scripts run as ``python benchmarks/bench_x.py``, which puts this folder first on
 ``sys.path``: they import it as ``from common import ...``.
@@ -18,6 +19,67 @@ import time
 import torch
 
 import locallearn
+from locallearn import _native
+
+ALLOW_REFERENCE_HELP = ("if the native ops do not run, time the other implementations anyway, drop the fused "
+                        "columns and record why (default: stop with an error)")
+
+
+class NativeCheck:
+    """Proof that a benchmark's fused implementations run the native ops of locallearn._C,
+    so that no pure-PyTorch fallback is timed as "fused".
+
+    ``call`` runs one untimed fused call under torch.profiler, which records an event
+    ``locallearn::<op>`` for every call of a ``torch.ops.locallearn`` op (its backward
+    too); an op counts as native when its event appears and the dispatcher holds a
+    locallearn._C kernel of it for the device. Without that proof the run stops with
+    SystemExit saying why, or, with ``allow_reference``, keeps going without its fused
+    columns and records why (``record``).
+    """
+
+    def __init__(self, device: torch.device, allow_reference: bool):
+        self.device = device
+        self.allow_reference = allow_reference
+        self.ops_seen: set[str] = set()
+        self.checked = False
+        self.reason: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        """Whether every checked call ran its native ops."""
+        return self.checked and self.reason is None
+
+    def call(self, fused, required_ops: tuple[str, ...]):
+        """``fused()``'s result; checks that it ran every op of ``required_ops`` natively."""
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            result = fused()
+        prefix = f"{_native.OP_NAMESPACE}::"
+        seen = {event.name.removeprefix(prefix) for event in profile.events() if event.name.startswith(prefix)}
+        self.ops_seen |= seen
+        self.checked = True
+        missing = [op for op in required_ops if op not in seen or not _native.has_kernel(op, self.device.type)]
+        if missing and self.reason is None:
+            self.reason = self._why_not_native(missing)
+            if not self.allow_reference:
+                raise SystemExit(f"refusing to report a fused column: {self.reason}; pass --allow-reference "
+                                 "to time the other implementations without it")
+        return result
+
+    def implementations(self, fns: dict) -> dict:
+        """``fns`` without the fused ones (names starting with "fused") unless the native ops ran."""
+        return fns if self.ran else {name: fn for name, fn in fns.items() if not name.startswith("fused")}
+
+    def record(self) -> dict:
+        """What ran, for the JSON: whether the native ops did, which ones, on what device, and why not."""
+        return {"ran": self.ran, "ops": sorted(self.ops_seen), "device": self.device.type, "reason": self.reason}
+
+    def _why_not_native(self, missing: list[str]) -> str:
+        if _native.extension is None:
+            return f"locallearn._C is not loaded ({_native.load_error})"
+        if self.device.type not in _native.built_devices:
+            return f"locallearn._C was built without {self.device.type}"
+        ops = ", ".join(f"{_native.OP_NAMESPACE}::{op}" for op in missing)
+        return f"{ops} did not run natively on {self.device.type}"
 
 
 def fill_unset(args, presets: dict) -> None:
@@ -108,7 +170,10 @@ def run_info(device: torch.device, argv: list[str] | None) -> dict:
 
 
 def run_line(result: dict, *details: str) -> str:
-    """'device, torch …, CUDA …[, details]; roofline TFLOP/s: float32 …, …' of a result."""
+    """'device, torch …, CUDA …[, native ops …][, details]; roofline TFLOP/s: float32 …, …' of a result."""
+    native = result.get("native")
+    if native:
+        details = ("native ops ran" if native["ran"] else f"no fused columns: {native['reason']}", *details)
     return (", ".join([result["device"], f"torch {result['torch']}", f"CUDA {result['cuda']}", *details])
             + "; roofline TFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in result["roofline_tflops"].items()))
 

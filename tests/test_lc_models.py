@@ -330,6 +330,9 @@ def test_benchmark_cpu_quick_run_writes_json(tmp_path, capsys):
         assert row["tflops"]["fused"] == pytest.approx(row["model_tflop"] / (row["ms"]["fused"] * 1e-3))
         assert row["gbps"]["fused"] == pytest.approx(row["model_gb"] / (row["ms"]["fused"] * 1e-3))
     assert result["roofline_tflops"]["float32"] > 0 and result["roofline_gbps"] > 0
+    assert result["native"] == {"ran": True, "ops": ["locally_connected2d", "locally_connected2d_transpose",
+                                                     "locally_connected2d_weight_grad"],
+                                "device": "cpu", "reason": None}
     train = result["training_step"]
     assert train["model"] == "lc-imagenet" and train["ms"] > 0 and train["parameters"] > 0
     assert "x eager" in capsys.readouterr().out
