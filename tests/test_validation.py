@@ -85,3 +85,76 @@ def test_native_op_checks_its_own_arguments(monkeypatch):
         torch.ops.locallearn.similarity_matching_loss(torch.randn(3, 4), torch.tensor([0, 1]), None, 2)
     with pytest.raises(ValueError, match="spatial"):
         torch.ops.locallearn.channel_std(torch.randn(3, 4, 1))
+
+
+def _on_cpu_kernel(op, *args):
+    """``op``'s CPU kernel called with ``args``, whatever devices they are on: the
+    dispatcher would otherwise pick the kernel of the highest-priority device among them."""
+    return op.default.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args)
+
+
+def _similarity_backward_args(generator, device="cpu"):
+    loss, normalized, residual, row_stats = torch.ops.locallearn.similarity_matching_loss(
+        random_features((6, 5), generator, device=device), LABELS.to(device), None, 3)
+    return {"grad_loss": torch.ones_like(loss), "normalized": normalized, "residual": residual,
+            "row_stats": row_stats}
+
+
+def _channel_std_backward_args(generator, device="cpu"):
+    x = random_features((2, 3, 4), generator, device=device)
+    std, mean = torch.ops.locallearn.channel_std(x)
+    return {"grad_std": torch.ones_like(std), "input": x, "mean": mean, "std": std}
+
+
+BACKWARD_ARGS = {
+    "similarity_matching_loss_backward": (_similarity_backward_args, "normalized"),
+    "channel_std_backward": (_channel_std_backward_args, "input"),
+}
+"""Each backward op's arguments in schema order, and the argument the others must share a device with."""
+
+MOVED_ARGUMENTS = [
+    ("similarity_matching_loss_backward", "grad_loss"),
+    ("similarity_matching_loss_backward", "residual"),
+    ("similarity_matching_loss_backward", "row_stats"),
+    ("channel_std_backward", "grad_std"),
+    ("channel_std_backward", "mean"),
+    ("channel_std_backward", "std"),
+]
+
+
+@pytest.mark.parametrize("op_name, argument", MOVED_ARGUMENTS)
+def test_native_backward_checks_every_argument_device(op_name, argument, monkeypatch, generator):
+    """The orchestration that the CPU and CUDA kernels share checks every tensor's device
+    before a pass runs (a CPU 0-dim gradient beside CUDA features would otherwise hand a
+    host pointer to a kernel); a meta tensor stands in for the other device here."""
+    monkeypatch.undo()
+    make_args, reference = BACKWARD_ARGS[op_name]
+    args = make_args(generator)
+    args[argument] = args[argument].to("meta")
+    with pytest.raises(ValueError, match=f"{argument} is on meta but {reference} is on cpu"):
+        _on_cpu_kernel(getattr(torch.ops.locallearn, op_name), *args.values())
+
+
+def test_native_backward_rejects_integer_gradients(monkeypatch, generator):
+    monkeypatch.undo()
+    args = _similarity_backward_args(generator)
+    args["grad_loss"] = torch.tensor(1)
+    with pytest.raises(ValueError, match="grad_loss must be floating point"):
+        torch.ops.locallearn.similarity_matching_loss_backward(*args.values())
+    args = _channel_std_backward_args(generator)
+    args["grad_std"] = args["grad_std"].long()
+    with pytest.raises(ValueError, match="grad_std must be floating point"):
+        torch.ops.locallearn.channel_std_backward(*args.values())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("op_name, argument", MOVED_ARGUMENTS)
+def test_cuda_backward_refuses_a_cpu_tensor(op_name, argument, monkeypatch, generator):
+    """A direct call with CUDA tensors and one CPU tensor (a 0-dim CPU gradient, say)
+    raises before the CUDA kernel could read host memory."""
+    monkeypatch.undo()
+    make_args, reference = BACKWARD_ARGS[op_name]
+    args = make_args(generator, "cuda")
+    args[argument] = args[argument].cpu()
+    with pytest.raises(ValueError, match=f"{argument} is on cpu but {reference} is on cuda"):
+        getattr(torch.ops.locallearn, op_name)(*args.values())

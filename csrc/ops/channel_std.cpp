@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "../kernels/channel_std_math.h"
+#include "checks.h"
 #include "dtypes.h"
 #include "storage_cast.h"
 
@@ -25,6 +26,7 @@ void check_input(const at::Tensor& input) {
 }
 
 void check_statistic(const char* name, const at::Tensor& statistic, const at::Tensor& input) {
+  check_same_device("channel_std_backward", name, statistic, "input", input);
   TORCH_CHECK_VALUE(statistic.sizes() == input.sizes().slice(0, 2) &&
                         statistic.scalar_type() == at::toOpMathType(input.scalar_type()),
                     "channel_std_backward: ", name, " must be (B, C) in the opmath dtype of input, got ",
@@ -112,6 +114,8 @@ at::Tensor channel_std_backward(const ChannelStdPasses& passes, const at::Tensor
   check_input(input);
   TORCH_CHECK_VALUE(grad_std.sizes() == input.sizes().slice(0, 2),
                     "channel_std_backward: grad_std must be (B, C), got ", grad_std.sizes());
+  check_floating("channel_std_backward", "grad_std", grad_std);
+  check_same_device("channel_std_backward", "grad_std", grad_std, "input", input);
   check_statistic("mean", mean, input);
   check_statistic("std", deviation, input);
   at::Tensor grad_input = at::empty(input.sizes(), input.options());

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../kernels/locally_connected_math.h"
+#include "checks.h"
 #include "dtypes.h"
 #include "no_autocast.h"
 
@@ -33,14 +34,6 @@ void check_tensor(const char* op, const char* name, const at::Tensor& tensor, in
   TORCH_CHECK_VALUE(tensor.dim() == dims, op, ": ", name, " must be ", layout, ", got ", tensor.sizes());
   TORCH_CHECK_VALUE(is_supported_float(tensor.scalar_type()), op, ": ", name,
                     " must be float32, float64, float16 or bfloat16, got ", tensor.scalar_type());
-}
-
-void check_same_dtype_and_device(const char* op, const char* name, const at::Tensor& tensor,
-                                 const char* reference_name, const at::Tensor& reference) {
-  TORCH_CHECK_VALUE(tensor.scalar_type() == reference.scalar_type(), op, ": ", name, " must have the dtype of ",
-                    reference_name, " (", reference.scalar_type(), "), got ", tensor.scalar_type());
-  TORCH_CHECK_VALUE(tensor.device() == reference.device(), op, ": ", name, " is on ", tensor.device(), " but ",
-                    reference_name, " is on ", reference.device());
 }
 
 void check_pair(const char* op, const char* name, c10::IntArrayRef pair, int64_t minimum) {

@@ -13,12 +13,16 @@
 #include <cmath>
 
 #include "../kernels/similarity_matching_math.h"
+#include "checks.h"
 #include "dtypes.h"
 #include "no_autocast.h"
 #include "storage_cast.h"
 
 namespace locallearn {
 namespace {
+
+constexpr const char* kForward = "similarity_matching_loss";
+constexpr const char* kBackward = "similarity_matching_loss_backward";
 
 void check_forward_args(const at::Tensor& features, const std::optional<at::Tensor>& labels,
                         const std::optional<at::Tensor>& target, int64_t num_classes) {
@@ -37,23 +41,24 @@ void check_forward_args(const at::Tensor& features, const std::optional<at::Tens
                       "similarity_matching_loss: labels must be (B,) = (", batch, ",), got ", labels->sizes());
     TORCH_CHECK_VALUE(at::isIntegralType(labels->scalar_type(), /*includeBool=*/false),
                       "similarity_matching_loss: labels must be integers, got ", labels->scalar_type());
-    TORCH_CHECK_VALUE(labels->device() == features.device(),
-                      "similarity_matching_loss: labels must be on the device of features");
+    check_same_device(kForward, "labels", *labels, "features", features);
     TORCH_CHECK_VALUE(num_classes >= 1, "similarity_matching_loss: num_classes must be >= 1, got ", num_classes);
   } else {
     TORCH_CHECK_VALUE(target->dim() == 2 && target->size(0) == batch && target->size(1) == batch,
                       "similarity_matching_loss: target must be (B, B) = (", batch, ", ", batch, "), got ",
                       target->sizes());
-    TORCH_CHECK_VALUE(at::isFloatingType(target->scalar_type()),
-                      "similarity_matching_loss: target must be floating point, got ", target->scalar_type());
-    TORCH_CHECK_VALUE(target->device() == features.device(),
-                      "similarity_matching_loss: target must be on the device of features");
+    check_floating(kForward, "target", *target);
+    check_same_device(kForward, "target", *target, "features", features);
   }
 }
 
 void check_backward_args(const at::Tensor& grad_loss, const at::Tensor& normalized, const at::Tensor& residual,
                          const at::Tensor& row_stats) {
   TORCH_CHECK_VALUE(grad_loss.dim() == 0, "similarity_matching_loss_backward: grad_loss must be 0-dim");
+  check_floating(kBackward, "grad_loss", grad_loss);
+  check_same_device(kBackward, "grad_loss", grad_loss, "normalized", normalized);
+  check_same_device(kBackward, "residual", residual, "normalized", normalized);
+  check_same_device(kBackward, "row_stats", row_stats, "normalized", normalized);
   TORCH_CHECK_VALUE(normalized.dim() == 2 && is_supported_float(normalized.scalar_type()),
                     "similarity_matching_loss_backward: normalized must be a floating (B, D) matrix");
   const int64_t batch = normalized.size(0);
