@@ -14,6 +14,7 @@ from helpers import cuda_param, relative_error, require_native
 
 from locallearn import _native
 from locallearn.ops import (
+    locally_connected,
     locally_connected2d,
     locally_connected2d_transpose,
     locally_connected2d_weight_grad,
@@ -307,12 +308,109 @@ def test_public_ops_take_ints_or_pairs(generator):
 # ---- CUDA at scale -----------------------------------------------------------
 
 
+TILED_GEOMETRIES = {
+    "ImageNet layer 1 at batch 256": IMAGENET_LAYER1._replace(batch=256),
+    "C_out 96, batch 130, K 200": Geometry(130, 8, 96, (20, 20), (5, 5), (2, 2), (2, 2)),
+}
+"""Sizes past one 64 x 64 output tile in every GEMM dimension (batch rows, C_out, the
+patch K), with remainders, so that second and partial tiles and reduction steps occur."""
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cuda_imagenet_layer1(dtype, generator, full_fp32_matmul):
     require_native("cuda")
     assert IMAGENET_LAYER1.output_size == (56, 56)
     assert_native_matches_reference(IMAGENET_LAYER1, *random_tensors(IMAGENET_LAYER1, generator, dtype, "cuda"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("geometry", TILED_GEOMETRIES.values(), ids=TILED_GEOMETRIES)
+def test_cuda_many_tiles(dtype, geometry, generator, full_fp32_matmul):
+    require_native("cuda")
+    assert_native_matches_reference(geometry, *random_tensors(geometry, generator, dtype, "cuda"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("geometry", [GEOMETRIES["odd sizes, stride 2x1, padding 1x0, 3x2 kernel"],
+                                      TILED_GEOMETRIES["C_out 96, batch 130, K 200"]], ids=["odd", "tiled"])
+def test_cuda_simt_kernels(dtype, geometry, generator, tf32_matmul):
+    """With tensor cores switched off, every dtype runs the SIMT kernels: half precision,
+    which takes the tensor-core path on sm_70+/sm_80+ otherwise, matches the reference,
+    and float32 is true fp32 although TF32 is allowed."""
+    require_native("cuda")
+    tensors = random_tensors(geometry, generator, dtype, "cuda")
+    with locally_connected.tensor_cores(False):
+        assert not _native.extension.tensor_cores_enabled()
+        assert_native_matches_reference(geometry, *tensors)
+    assert _native.extension.tensor_cores_enabled()
+
+
+def test_tensor_core_switch_is_scoped():
+    """The switch needs no GPU: in a CUDA build it is off inside the block and restored
+    after it, an exception included; a build without CUDA refuses it by name."""
+    extension = _native.extension
+    if extension is None or not extension.with_cuda:
+        with pytest.raises(RuntimeError, match="built with CUDA"):
+            with locally_connected.tensor_cores(False):
+                pass
+        return
+    assert extension.tensor_cores_enabled()
+    with pytest.raises(KeyError):
+        with locally_connected.tensor_cores(False):
+            assert not extension.tensor_cores_enabled()
+            raise KeyError("inside the block")
+    assert extension.tensor_cores_enabled()
+
+
+@pytest.fixture(params=["fp32_precision", "set_float32_matmul_precision"])
+def tf32_matmul(request):
+    """float32 products allowed to round to TF32, through the precision API of torch 2.9+
+    or the older set_float32_matmul_precision (torch must honour both)."""
+    if request.param == "fp32_precision":
+        previous = torch.backends.cuda.matmul.fp32_precision
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        yield
+        torch.backends.cuda.matmul.fp32_precision = previous
+    else:
+        previous = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
+        yield
+        torch.set_float32_matmul_precision(previous)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("geometry", [GEOMETRIES["ImageNet layer 1 in miniature"],
+                                      TILED_GEOMETRIES["C_out 96, batch 130, K 200"]], ids=["miniature", "tiled"])
+def test_cuda_tf32_tensor_cores(geometry, generator, tf32_matmul):
+    """Where torch allows TF32 for float32 matmuls (read through the precision API, which
+    does not raise when the new and legacy settings were mixed), the three ops run on TF32
+    tensor cores (sm_80+): within TF32's rounding of the float64 result, and measurably
+    off it, where the SIMT kernels (tensor cores switched off) give true fp32."""
+    require_native("cuda")
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("TF32 tensor cores need sm_80+")
+    x, weight, bias, grad_output = random_tensors(geometry, generator, torch.float32, "cuda")
+    window = geometry.window
+    ops = torch.ops.locallearn
+    calls = {
+        "forward": (lambda: ops.locally_connected2d(x, weight, bias, *window),
+                    lambda: reference.locally_connected2d(x.double(), weight.double(), bias.double(), *window)),
+        "transpose": (lambda: ops.locally_connected2d_transpose(grad_output, weight, geometry.input_size, *window),
+                      lambda: reference.locally_connected2d_transpose(grad_output.double(), weight.double(),
+                                                                      geometry.input_size, *window)),
+        "weight_grad": (lambda: ops.locally_connected2d_weight_grad(x, grad_output, *window),
+                        lambda: reference.locally_connected2d_weight_grad(x.double(), grad_output.double(), *window)),
+    }
+    for name, (native, exact) in calls.items():
+        expected = exact()
+        tf32 = native()
+        with locally_connected.tensor_cores(False):
+            fp32 = native()
+        assert relative_error(fp32, expected) < 1e-5, name
+        assert 1e-5 < relative_error(tf32, expected) < 5e-3, name  # TF32 keeps 10 mantissa bits: ~1e-3
 
 
 # ---- bad input ---------------------------------------------------------------

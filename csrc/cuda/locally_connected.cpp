@@ -1,7 +1,6 @@
 // CUDA passes of the locally-connected 2-d op: checks and allocation happen in the
 // device-generic orchestration (csrc/ops/locally_connected.cpp); this file maps
 // tensors to the launchers in csrc/kernels/locally_connected.cuh.
-#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/zeros.h>
@@ -14,6 +13,7 @@
 #include "../kernels/locally_connected.cuh"
 #include "../ops/locally_connected.h"
 #include "cuda_types.h"
+#include "tensor_cores.h"
 
 namespace locallearn {
 namespace {
@@ -23,10 +23,6 @@ kernels::LocallyConnectedShape kernel_shape(const LocallyConnectedGeometry& g) {
           g.kernel_w, g.stride_h,    g.stride_w, g.pad_h,    g.pad_w,        g.dilation_h, g.dilation_w};
 }
 
-// float32 runs on TF32 tensor cores only where a cuBLAS matmul would:
-// torch.backends.cuda.matmul.allow_tf32 (or set_float32_matmul_precision) and no NoTF32Guard.
-bool allow_tf32() { return at::globalContext().allowTF32CuBLAS() && !at::NoTF32Guard::should_disable_tf32(); }
-
 void forward_pass_cuda(const LocallyConnectedGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                        const at::Tensor& bias, at::Tensor& output) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "locally_connected2d_cuda", [&] {
@@ -34,8 +30,8 @@ void forward_pass_cuda(const LocallyConnectedGeometry& g, const at::Tensor& inpu
     // Named first: the comma between the template arguments would split C10_CUDA_CHECK's argument.
     const cudaError_t status = kernels::launch_locally_connected2d<cuda_type<scalar_t>, acc_t>(
         kernel_shape(g), device_ptr<scalar_t>(input), device_ptr<scalar_t>(weight),
-        bias.defined() ? device_ptr<scalar_t>(bias) : nullptr, mutable_device_ptr<scalar_t>(output), allow_tf32(),
-        current_stream());
+        bias.defined() ? device_ptr<scalar_t>(bias) : nullptr, mutable_device_ptr<scalar_t>(output),
+        tensor_core_policy(input.device()), current_stream());
     C10_CUDA_CHECK(status);
   });
 }
@@ -54,8 +50,8 @@ void transpose_pass_cuda(const LocallyConnectedGeometry& g, const at::Tensor& gr
                 : at::zeros(grad_input.sizes(), grad_input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
         const cudaError_t status = kernels::launch_locally_connected2d_transpose<cuda_type<scalar_t>, acc_t>(
             kernel_shape(g), device_ptr<scalar_t>(grad_output), device_ptr<scalar_t>(weight),
-            accumulator.mutable_data_ptr<acc_t>(), mutable_device_ptr<scalar_t>(grad_input), allow_tf32(),
-            current_stream());
+            accumulator.mutable_data_ptr<acc_t>(), mutable_device_ptr<scalar_t>(grad_input),
+            tensor_core_policy(grad_output.device()), current_stream());
         C10_CUDA_CHECK(status);
       });
 }
@@ -67,7 +63,7 @@ void weight_grad_pass_cuda(const LocallyConnectedGeometry& g, const at::Tensor& 
         using acc_t = at::opmath_type<scalar_t>;
         const cudaError_t status = kernels::launch_locally_connected2d_weight_grad<cuda_type<scalar_t>, acc_t>(
             kernel_shape(g), device_ptr<scalar_t>(input), device_ptr<scalar_t>(grad_output),
-            mutable_device_ptr<scalar_t>(grad_weight), allow_tf32(), current_stream());
+            mutable_device_ptr<scalar_t>(grad_weight), tensor_core_policy(input.device()), current_stream());
         C10_CUDA_CHECK(status);
       });
 }

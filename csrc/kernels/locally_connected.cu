@@ -595,21 +595,15 @@ __global__ void convert_kernel(const acc_t* __restrict__ source, int64_t n, scal
 // ----------------------------------------------------------------------------------
 // Host side.
 
-// Whether the tensor-core engine serves scalar_t on the current device: half on
-// sm_70+, bfloat16 on sm_80+, float only as TF32 when allowed and on sm_80+.
+// Whether the tensor-core engine serves scalar_t under `policy`: half on sm_70+,
+// bfloat16 on sm_80+, float only as TF32 when allowed and on sm_80+.
 template <typename scalar_t>
-cudaError_t choose_tensor_cores(bool allow_tf32, bool* use) {
-  *use = false;
+bool use_tensor_cores(const TensorCorePolicy& policy) {
   if constexpr (kHasMmaPath<scalar_t>) {
-    if (std::is_same_v<scalar_t, float> && !allow_tf32) return cudaSuccess;
-    int device = 0;
-    int major = 0;
-    cudaError_t status = cudaGetDevice(&device);
-    if (status == cudaSuccess) status = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    *use = status == cudaSuccess && major >= (std::is_same_v<scalar_t, __half> ? 7 : 8);
-    return status;
+    if (!policy.enabled || (std::is_same_v<scalar_t, float> && !policy.allow_tf32)) return false;
+    return policy.compute_capability_major >= (std::is_same_v<scalar_t, __half> ? 7 : 8);
   }
-  return cudaSuccess;
+  return false;
 }
 
 // The kernels index patch elements with int (patch_offset) and everything else with int64_t.
@@ -658,13 +652,10 @@ cudaError_t launch_tiles(const Pass& pass, bool tensor_cores, cudaStream_t strea
 template <typename scalar_t, typename acc_t>
 cudaError_t launch_locally_connected2d(const LocallyConnectedShape& shape, const scalar_t* input,
                                        const scalar_t* weight, const scalar_t* bias, scalar_t* output,
-                                       bool allow_tf32, cudaStream_t stream) {
+                                       const TensorCorePolicy& policy, cudaStream_t stream) {
   static_assert(std::is_same_v<acc_t, acc_type<scalar_t>>);
   if (!indexable(shape)) return cudaErrorInvalidValue;
-  bool tensor_cores = false;
-  if (const cudaError_t status = choose_tensor_cores<scalar_t>(allow_tf32, &tensor_cores); status != cudaSuccess) {
-    return status;
-  }
+  const bool tensor_cores = use_tensor_cores<scalar_t>(policy);
   const ForwardPass<scalar_t> pass{shape, extents_of(shape), input, weight, bias, output};
   return launch_tiles(pass, tensor_cores, stream);
 }
@@ -672,13 +663,10 @@ cudaError_t launch_locally_connected2d(const LocallyConnectedShape& shape, const
 template <typename scalar_t, typename acc_t>
 cudaError_t launch_locally_connected2d_transpose(const LocallyConnectedShape& shape, const scalar_t* grad_output,
                                                  const scalar_t* weight, acc_t* accumulator, scalar_t* grad_input,
-                                                 bool allow_tf32, cudaStream_t stream) {
+                                                 const TensorCorePolicy& policy, cudaStream_t stream) {
   static_assert(std::is_same_v<acc_t, acc_type<scalar_t>>);
   if (!indexable(shape)) return cudaErrorInvalidValue;
-  bool tensor_cores = false;
-  if (const cudaError_t status = choose_tensor_cores<scalar_t>(allow_tf32, &tensor_cores); status != cudaSuccess) {
-    return status;
-  }
+  const bool tensor_cores = use_tensor_cores<scalar_t>(policy);
   const TransposePass<scalar_t> pass{shape, extents_of(shape), grad_output, weight, accumulator};
   const cudaError_t status = for_each_colour(
       pass, [&](const TransposePass<scalar_t>& colour) { return launch_tiles(colour, tensor_cores, stream); });
@@ -697,26 +685,24 @@ cudaError_t launch_locally_connected2d_transpose(const LocallyConnectedShape& sh
 template <typename scalar_t, typename acc_t>
 cudaError_t launch_locally_connected2d_weight_grad(const LocallyConnectedShape& shape, const scalar_t* input,
                                                    const scalar_t* grad_output, scalar_t* grad_weight,
-                                                   bool allow_tf32, cudaStream_t stream) {
+                                                   const TensorCorePolicy& policy, cudaStream_t stream) {
   static_assert(std::is_same_v<acc_t, acc_type<scalar_t>>);
   if (!indexable(shape)) return cudaErrorInvalidValue;
-  bool tensor_cores = false;
-  if (const cudaError_t status = choose_tensor_cores<scalar_t>(allow_tf32, &tensor_cores); status != cudaSuccess) {
-    return status;
-  }
+  const bool tensor_cores = use_tensor_cores<scalar_t>(policy);
   const WeightGradPass<scalar_t> pass{shape, extents_of(shape), input, grad_output, grad_weight};
   return launch_tiles(pass, tensor_cores, stream);
 }
 
 #define LOCALLEARN_INSTANTIATE(scalar_t)                                                                        \
   template cudaError_t launch_locally_connected2d<scalar_t, acc_type<scalar_t>>(                                \
-      const LocallyConnectedShape&, const scalar_t*, const scalar_t*, const scalar_t*, scalar_t*, bool,         \
-      cudaStream_t);                                                                                            \
+      const LocallyConnectedShape&, const scalar_t*, const scalar_t*, const scalar_t*, scalar_t*,               \
+      const TensorCorePolicy&, cudaStream_t);                                                                   \
   template cudaError_t launch_locally_connected2d_transpose<scalar_t, acc_type<scalar_t>>(                      \
-      const LocallyConnectedShape&, const scalar_t*, const scalar_t*, acc_type<scalar_t>*, scalar_t*, bool,     \
-      cudaStream_t);                                                                                            \
+      const LocallyConnectedShape&, const scalar_t*, const scalar_t*, acc_type<scalar_t>*, scalar_t*,           \
+      const TensorCorePolicy&, cudaStream_t);                                                                   \
   template cudaError_t launch_locally_connected2d_weight_grad<scalar_t, acc_type<scalar_t>>(                    \
-      const LocallyConnectedShape&, const scalar_t*, const scalar_t*, scalar_t*, bool, cudaStream_t);
+      const LocallyConnectedShape&, const scalar_t*, const scalar_t*, scalar_t*, const TensorCorePolicy&,       \
+      cudaStream_t);
 
 LOCALLEARN_FOR_EACH_STORAGE_TYPE(LOCALLEARN_INSTANTIATE)
 #undef LOCALLEARN_INSTANTIATE

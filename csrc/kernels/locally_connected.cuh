@@ -9,8 +9,9 @@
 //   bias   (C_out, H_out, W_out)      output (B, C_out, H_out, W_out), L = H_out*W_out
 // scalar_t is float, double, __half or __nv_bfloat16; acc_t its opmath type
 // (cuda_utils.cuh Numeric<scalar_t>::acc_t). Results are accumulated in acc_t and
-// written with the saturating conversion of the other kernels. allow_tf32 lets the
-// float32 kernels use TF32 tensor cores (sm_80+); otherwise float32 is true fp32.
+// written with the saturating conversion of the other kernels. The TensorCorePolicy
+// says which of them may run on tensor cores; float32 uses TF32 tensor cores only
+// where it allows TF32, otherwise float32 is true fp32.
 // Each launcher returns the first CUDA error, or cudaErrorInvalidValue for a patch
 // size K >= 2^31 (the kernels index within a patch with int, everything else int64).
 #pragma once
@@ -29,11 +30,21 @@ struct LocallyConnectedShape {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
 
+// What the launchers may run on tensor cores, read by the caller once per op call:
+// the device's compute capability (half needs sm_70+, bfloat16 and TF32 sm_80+),
+// whether float32 may round to TF32 (torch's float32 matmul precision), and whether
+// tensor cores are enabled at all (off runs the SIMT kernels for every dtype).
+struct TensorCorePolicy {
+  int compute_capability_major;
+  bool allow_tf32;
+  bool enabled;
+};
+
 // output = LC(input; weight) + bias. bias may be null.
 template <typename scalar_t, typename acc_t>
 cudaError_t launch_locally_connected2d(const LocallyConnectedShape& shape, const scalar_t* input,
                                        const scalar_t* weight, const scalar_t* bias, scalar_t* output,
-                                       bool allow_tf32, cudaStream_t stream);
+                                       const TensorCorePolicy& policy, cudaStream_t stream);
 
 // grad_input = LCᵀ(grad_output). The sum is accumulated into `accumulator`, a
 // zero-filled acc_t buffer with grad_input's (B, C_in, H, W) shape. When acc_t is
@@ -42,12 +53,12 @@ cudaError_t launch_locally_connected2d(const LocallyConnectedShape& shape, const
 template <typename scalar_t, typename acc_t>
 cudaError_t launch_locally_connected2d_transpose(const LocallyConnectedShape& shape, const scalar_t* grad_output,
                                                  const scalar_t* weight, acc_t* accumulator, scalar_t* grad_input,
-                                                 bool allow_tf32, cudaStream_t stream);
+                                                 const TensorCorePolicy& policy, cudaStream_t stream);
 
 // grad_weight (L, C_out, K) = Σ_b grad_output ⊗ patches; every element is written.
 template <typename scalar_t, typename acc_t>
 cudaError_t launch_locally_connected2d_weight_grad(const LocallyConnectedShape& shape, const scalar_t* input,
                                                    const scalar_t* grad_output, scalar_t* grad_weight,
-                                                   bool allow_tf32, cudaStream_t stream);
+                                                   const TensorCorePolicy& policy, cudaStream_t stream);
 
 }  // namespace locallearn::kernels

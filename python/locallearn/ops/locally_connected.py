@@ -132,6 +132,27 @@ def locally_connected2d_weight_grad(
     return _run("locally_connected2d_weight_grad", input.device, input, grad_output, *window)
 
 
+@contextlib.contextmanager
+def tensor_cores(enabled: bool):
+    """Within the block, the CUDA kernels of the three ops may use tensor cores (True, the
+    default outside any block) or run their SIMT kernels for every dtype (False).
+
+    For tests and benchmarks of the SIMT kernels on devices whose tensor cores would
+    otherwise serve half precision (and float32 where TF32 is allowed). The switch is
+    process-wide, not per thread. Needs the CUDA build of ``locallearn._C``.
+    """
+    extension = _native.extension
+    if extension is None or not extension.with_cuda:
+        raise RuntimeError("locallearn.ops.locally_connected.tensor_cores needs locallearn._C built with CUDA "
+                           f"({_native.load_error or 'this build has no CUDA ops'})")
+    previous = extension.tensor_cores_enabled()
+    extension.set_tensor_cores_enabled(bool(enabled))
+    try:
+        yield
+    finally:
+        extension.set_tensor_cores_enabled(previous)
+
+
 def _pair(name: str, value: IntPair, minimum: int) -> tuple[int, int]:
     pair = (value, value) if _is_int(value) else value
     if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(v) and v >= minimum for v in pair)):
