@@ -20,7 +20,7 @@ STAMP := $(VENV)/.locallearn-installed
 endif
 NATIVE_SOURCES := CMakeLists.txt pyproject.toml $(shell find csrc -type f)
 
-.PHONY: install demo test bench wheel check-kernels check-glue clean
+.PHONY: install demo test bench wheel check-kernels check-glue device-check clean
 
 install: $(STAMP)
 
@@ -70,6 +70,12 @@ check-glue: install
 		$(NVCC) -x c++ -std=c++17 -w -c -DLOCALLEARN_WITH_CUDA=1 -I$$stub $$torch_includes "$$glue" -o /dev/null \
 			|| exit 1; \
 	done
+
+# The whole GPU side in one run on a GPU machine whose python3 has torch (no venv, no
+# network): build for its GPU, CUDA tests, compute-sanitizer, benchmarks, training;
+# REPORT.md, JSON files and a log into OUT (docs/device_check.md). DRY_RUN=1: on a CPU.
+device-check:
+	$(PYTHON) tools/device_check.py --out "$(OUT)" $(if $(filter 1,$(DRY_RUN)),--dry-run)
 
 clean:
 	rm -rf build dist $(VENV)
