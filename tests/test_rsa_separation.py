@@ -122,6 +122,18 @@ def test_constant_patterns_and_constant_rdms_warn_instead_of_nan(generator):
     assert float(matrix[0, 0]) == 0.0
 
 
+def test_an_rdm_constant_up_to_rounding_is_constant(generator):
+    """Equal distances that differ in their last bits (the Gram-matrix route rounds them
+    differently on different BLAS builds) are a constant RDM, not a pattern to rank."""
+    x = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    nearly_equidistant = torch.eye(5, dtype=torch.float64)
+    nearly_equidistant[0, 0] += 2.0**-48
+    for method in ("spearman", "pearson"):
+        with pytest.warns(RuntimeWarning, match=r"reported as 0 for acts_b\[0\]"):
+            matrix = rsa_matrix([x], [nearly_equidistant], metric="euclidean", method=method)
+        assert float(matrix[0, 0]) == 0.0
+
+
 def test_rsa_bad_input_is_rejected_with_a_clear_error(generator):
     x = torch.randn(6, 4, generator=generator)
     with pytest.raises(ValueError, match="same N examples"):

@@ -105,6 +105,12 @@ def _average_ranks(values: Tensor) -> Tensor:
     return average_rank.to(values.dtype)[inverse]
 
 
+_CONSTANT_SPREAD = 1024
+"""An RDM whose entries differ by no more than this many machine epsilons of its largest
+entry is constant: equal distances computed through the Gram matrix differ by rounding,
+and ranking them (Spearman) would turn that rounding into a pattern."""
+
+
 def _standardised_triangles(layers: list[tuple[str, Tensor]], metric: str, method: str) -> Tensor:
     """(L, N(N-1)/2): each layer's RDM upper triangle (ranked for Spearman), centred and of unit
     norm, so that the inner product of two rows is their correlation; zero rows if constant."""
@@ -114,15 +120,15 @@ def _standardised_triangles(layers: list[tuple[str, Tensor]], metric: str, metho
     constant = []
     for row, (name, features) in zip(triangles, layers):
         triangle = _rdm(features, metric, name)[upper]
+        spread = float(triangle.amax() - triangle.amin())
+        if spread <= _CONSTANT_SPREAD * torch.finfo(triangle.dtype).eps * float(triangle.amax()):
+            constant.append(name)
+            row.zero_()
+            continue
         if method == "spearman":
             triangle = _average_ranks(triangle)
         triangle = triangle - triangle.mean()
-        norm = triangle.norm()
-        if bool(triangle.amax() == triangle.amin()) or float(norm) == 0:
-            constant.append(name)
-            row.zero_()
-        else:
-            row.copy_(triangle / norm)
+        row.copy_(triangle / triangle.norm())
     if constant:
         warnings.warn(f"RSA is reported as 0 for {', '.join(constant)}: every pair of stimuli is equally dissimilar "
                       f"(constant RDM)", RuntimeWarning, stacklevel=3)
