@@ -100,6 +100,22 @@ def test_seed001_recipes_run_their_backprop_baseline_as_their_comments_say(recip
     build_from_command_line(["train", "--config", str(path), "--rule", "backprop", "--model", baseline])
 
 
+def test_a_recipe_option_applies_to_the_rules_that_take_it(capsys):
+    """seed 004's VGG8B recipe sets the pred head's input width: predsim takes it, backprop
+    runs from the same recipe without it, and as a flag backprop still refuses it."""
+    recipe = str(Path(__file__).parents[1] / "configs" / "vgg8b-fashion-mnist.toml")
+    assert cli.parse_args(["train", "--config", recipe]).dim_in_decoder == 1024
+    capsys.readouterr()
+    backprop = cli.parse_args(["train", "--config", recipe, "--rule", "backprop"])
+    assert backprop.dim_in_decoder is None
+    assert "sets dim-in-decoder, which rule 'backprop' does not take; left out" in capsys.readouterr().err
+    build_from_command_line(["train", "--config", recipe, "--rule", "backprop"])
+    flagged = cli.parse_args(["train", "--config", recipe, "--rule", "backprop", "--dim-in-decoder", "512"])
+    assert flagged.dim_in_decoder == 512  # kept, so that build_rule refuses it by name
+    with pytest.raises(ValueError, match="rule 'backprop' has no option dim_in_decoder"):
+        build_from_command_line(["train", "--config", recipe, "--rule", "backprop", "--dim-in-decoder", "512"])
+
+
 def build_from_command_line(argv: list[str]) -> None:
     """Parse a command line and build its model and rule as `locallearn train` would (on a
     1×28×28 input, which every recipe's model accepts)."""

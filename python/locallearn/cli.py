@@ -169,16 +169,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the command line; a subcommand's ``--config`` file supplies its defaults."""
+    """Parse the command line; a subcommand's ``--config`` file supplies its defaults.
+
+    A recipe serves several rules (``--rule`` picks one), so a rule option it sets applies
+    to the rules that take it and is dropped, with a note, for one that does not; the same
+    option given as a flag is still an error there."""
     parser = build_parser()
+    flags = parser.parse_args(argv)
+    if not getattr(flags, "config", None):
+        return flags
+    try:
+        config.apply_defaults(flags.command_parser, config.load_toml(flags.config), flags.config)
+    except ValueError as error:
+        parser.error(str(error))
     args = parser.parse_args(argv)
-    if getattr(args, "config", None):
-        try:
-            config.apply_defaults(args.command_parser, config.load_toml(args.config), args.config)
-        except ValueError as error:
-            parser.error(str(error))
-        args = parser.parse_args(argv)
+    if getattr(args, "rule", None):
+        _drop_recipe_options_the_rule_does_not_take(args, flags)
     return args
+
+
+def _drop_recipe_options_the_rule_does_not_take(args: argparse.Namespace, flags: argparse.Namespace) -> None:
+    from locallearn.engine.run import RULE_OPTIONS
+    from locallearn.rules import RULE_NAMES, rule_options
+
+    if args.rule not in RULE_NAMES:
+        return  # build_rule names the known rules
+    dropped = [name for name in RULE_OPTIONS if name not in rule_options(args.rule)
+               and getattr(args, name) is not None and getattr(flags, name) is None]
+    for name in dropped:
+        setattr(args, name, None)
+    if dropped:
+        print(f"locallearn: {args.config} sets {', '.join(name.replace('_', '-') for name in dropped)}, which rule "
+              f"{args.rule!r} does not take; left out", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
