@@ -275,7 +275,6 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "locally_connected2d forward+backward and transpose (seed 003 Table 3 layers)",
         **run_info(device, argv),
         "native": native.record(),
-        "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "roofline_tflops": rooflines,

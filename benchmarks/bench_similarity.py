@@ -144,7 +144,6 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "similarity_matching_loss forward+backward",
         **run_info(device, argv),
         "native": native.record(),
-        "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "roofline_tflops": rooflines,

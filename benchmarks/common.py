@@ -112,7 +112,7 @@ def timed_runs(step, inputs: list, warmup: int, repeats: int, device: torch.devi
 
 
 def matmul_roofline(size: int, dtype: torch.dtype, device: torch.device, repeats: int = 20) -> float:
-    """TFLOP/s of a size³ matmul on fresh random operands (honours allow_tf32 for fp32)."""
+    """TFLOP/s of a size³ matmul on fresh random operands (TF32 for fp32 where torch's precision allows)."""
     operands = [
         (torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype))
         for _ in range(2)
@@ -160,12 +160,15 @@ def versions() -> dict:
 
 
 def run_info(device: torch.device, argv: list[str] | None) -> dict:
-    """When (UTC), how (the command line, or the main() call) and where a benchmark ran, with which versions."""
+    """When (UTC), how (the command line, or the main() call) and where a benchmark ran, with which
+    versions and torch's float32 matmul precision on CUDA ("tf32", "ieee", or "none": torch's
+    default, IEEE), read through the precision API, which the legacy allow_tf32 flag is deprecated for."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]) if argv is None else f"main({argv})",
         "device": device_name(device),
         **versions(),
+        "fp32_matmul_precision": torch.backends.cuda.matmul.fp32_precision,
     }
 
 

@@ -2,11 +2,12 @@
 compute-sanitizer (memcheck and racecheck) to watch; the device check runs it.
 
 Each case runs in float32 (with TF32 off and on: two kernel paths on a GPU),
-bfloat16 and float16, once on a small odd size and once on a size that spans
-several 64 × 64 tiles and reduction tiles of the locally-connected kernels and
-rows longer than one 256-thread block of the row kernels. It fails unless the
-native op serves the device (so the sanitizer never watches the pure-PyTorch
-fallback) and every output and gradient is finite.
+bfloat16 and float16, the locally-connected ops also with tensor cores switched off
+(their SIMT kernels in half precision, which sm_80+ otherwise never runs), once on a
+small odd size and once on a size that spans several 64 × 64 tiles and reduction tiles
+of the locally-connected kernels and rows longer than one 256-thread block of the row
+kernels. It fails unless the native op serves the device (so the sanitizer never
+watches the pure-PyTorch fallback) and every output and gradient is finite.
 
     python tools/sanitizer_ops.py --device cuda
 """
@@ -14,6 +15,7 @@ fallback) and every output and gradient is finite.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -23,6 +25,7 @@ import torch
 from locallearn import _native
 from locallearn.ops import (
     NATIVE_OPS,
+    locally_connected,
     channel_std,
     locally_connected2d,
     locally_connected2d_transpose,
@@ -32,11 +35,14 @@ from locallearn.ops import (
 )
 
 NUM_CLASSES = 7
-PRECISIONS = {  # name → (dtype, torch.backends.cuda.matmul.fp32_precision)
-    "float32": (torch.float32, "ieee"),
-    "float32-tf32": (torch.float32, "tf32"),
-    "bfloat16": (torch.bfloat16, "ieee"),
-    "float16": (torch.float16, "ieee"),
+PRECISIONS = {  # name → (dtype, torch.backends.cuda.matmul.fp32_precision, LC tensor cores allowed)
+    "float32": (torch.float32, "ieee", True),
+    "float32-tf32": (torch.float32, "tf32", True),
+    "bfloat16": (torch.bfloat16, "ieee", True),
+    "float16": (torch.float16, "ieee", True),
+    # Half precision takes the LC tensor-core kernels on sm_80+; these reach the SIMT ones.
+    "bfloat16-simt": (torch.bfloat16, "ieee", False),
+    "float16-simt": (torch.float16, "ieee", False),
 }
 
 
@@ -140,18 +146,28 @@ def locally_connected_cases(sizes: Sizes, window: dict, dtype, device, generator
             "locally_connected2d_weight_grad": weight_grad}
 
 
+def engine(device: torch.device, tensor_cores: bool):
+    """The LC kernels' engine for a case: the SIMT kernels where ``tensor_cores`` is False
+    (a CUDA build's switch; the CPU kernels have one engine)."""
+    if tensor_cores or device.type != "cuda":
+        return contextlib.nullcontext()
+    return locally_connected.tensor_cores(False)
+
+
 def run_all(device: torch.device, seed: int) -> int:
     """Runs every case; returns how many ran. Raises on a non-finite result."""
     generator = torch.Generator(device=device).manual_seed(seed)
     count = 0
     for size_name, sizes in SIZES.items():
-        for precision, (dtype, fp32_precision) in PRECISIONS.items():
+        for precision, (dtype, fp32_precision, tensor_cores) in PRECISIONS.items():
             torch.backends.cuda.matmul.fp32_precision = fp32_precision
-            cases = {**similarity_cases(sizes, dtype, device, generator),
-                     **locally_connected_cases(sizes, WINDOWS[size_name], dtype, device, generator)}
+            cases = locally_connected_cases(sizes, WINDOWS[size_name], dtype, device, generator)
+            if tensor_cores:
+                cases = {**similarity_cases(sizes, dtype, device, generator), **cases}
             for name, case in cases.items():
                 begin = time.perf_counter()
-                results = case()
+                with engine(device, tensor_cores):
+                    results = case()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 bad = [index for index, tensor in enumerate(results) if not torch.isfinite(tensor).all()]
