@@ -391,7 +391,7 @@ def test_cuda_tf32_tensor_cores(geometry, generator, tf32_matmul):
     off it, where the SIMT kernels (tensor cores switched off) give true fp32."""
     require_native("cuda")
     if torch.cuda.get_device_capability()[0] < 8:
-        pytest.skip("TF32 tensor cores need sm_80+")
+        pytest.skip("TF32 tensor cores need a CUDA device of sm_80 or newer")
     x, weight, bias, grad_output = random_tensors(geometry, generator, torch.float32, "cuda")
     window = geometry.window
     ops = torch.ops.locallearn
