@@ -12,11 +12,11 @@ from helpers import digits_test_accuracy, normalised_digits, random_labels, rela
 from torch import nn
 from torch.nn import functional as F
 
-from locallearn.models import build_model
+from locallearn.models import build_model, initialize
 from locallearn.nn import (Conv2dFeedbackAlignment, DirectFeedback, LinearFeedbackAlignment, LocallyConnected2d,
                            LocallyConnectedFeedbackAlignment, convert_to_feedback_alignment, feedback_columns)
 from locallearn.ops import locally_connected2d
-from locallearn.rules import Backprop
+from locallearn.rules import Backprop, build_rule
 from locallearn.rules.feedback_alignment import RULES, DirectFeedbackAlignment
 
 SMALL_MODELS = {
@@ -154,7 +154,7 @@ def test_fa_locally_connected_input_gradient_closed_form(stride, padding, dilati
     reference = copy.deepcopy(lc)
     layer = convert_to_feedback_alignment(nn.Sequential(lc), seed=3)[0]
     assert isinstance(layer, LocallyConnectedFeedbackAlignment) and layer.weight is lc.weight
-    bound = lc.weight.shape[-1] ** -0.5  # uniform in ±1/√fan_in, fan_in = C_in·kh·kw
+    bound = lc.glorot_bound  # drawn like the layer's default weights: Glorot uniform with the conv's fans
     assert 0.9 * bound < layer.feedback.abs().max() <= bound
     x = torch.randn(2, 3, 9, 8, generator=generator, dtype=torch.float64)
     grad_out, grad_fa, grad_bp = backward_through_both(layer, reference, x, generator)
@@ -191,6 +191,27 @@ def test_conversion_keeps_weights_and_draws_reproducible_buffers():
     other = convert_to_feedback_alignment(SMALL_MODELS["conv"](), seed=6)
     for mine, same, different in zip(feedback_layers(model), feedback_layers(again), feedback_layers(other)):
         assert torch.equal(mine.feedback, same.feedback) and not torch.equal(mine.feedback, different.feedback)
+
+
+@pytest.mark.parametrize("init, bound", [
+    ("default", lambda fan_in, fan_out: fan_in ** -0.5),
+    ("glorot", lambda fan_in, fan_out: (6 / (fan_in + fan_out)) ** 0.5),
+])
+def test_feedback_is_drawn_like_the_weights_of_the_run(init, bound):
+    """B is drawn with the run's init scheme: PyTorch's U(±1/√fan_in) by default, and Glorot
+    uniform U(±√(6/(fan_in + fan_out))) in seed 002's recipes (§4: the FA family "worked best
+    when using a uniform fan-in-fan-out scheme"; seed 003 §5 initialises every layer so),
+    about 1.7x the default's scale for a 256-wide layer, so that the backward signal keeps
+    its size through depth under plain SGD."""
+    model = build_model("mlp", (1, 16, 16), 10, depth=3, width=256, activation="tanh")
+    initialize(model, init)
+    rule = build_rule("fa", model, lr=0.01, optimizer="sgd", init=init)
+    for layer in feedback_layers(rule.model):
+        fan_out, fan_in = layer.weight.shape
+        expected = bound(fan_in, fan_out)
+        assert 0.98 * expected < layer.feedback.abs().max() <= expected
+        assert layer.feedback.std().item() == pytest.approx(expected / 3**0.5, rel=0.05)  # uniform: bound/√3
+        assert layer.weight.abs().max() <= expected  # the weights themselves: the same scheme
 
 
 @pytest.mark.parametrize("model_kind", ["mlp", "conv", "lc"])

@@ -179,7 +179,8 @@ def build_parts(settings: TrainSettings) -> RunParts:
     initialize(model, settings.init, settings.init_std)
     options = {name: getattr(settings, name) for name in RULE_OPTIONS if getattr(settings, name) is not None}
     rule = build_rule(settings.rule, model, lr=settings.lr, optimizer=settings.optimizer,
-                      weight_decay=settings.weight_decay, amp=settings.amp, seed=settings.seed, **options)
+                      weight_decay=settings.weight_decay, amp=settings.amp, seed=settings.seed,
+                      init=settings.init, init_std=settings.init_std, **options)
     return RunParts(dataset, train_loader, test_loader, rule)
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from locallearn.nn.locally_connected import LocallyConnected2d
+from locallearn.nn.weight_init import fill_weight_
 from locallearn.ops import locally_connected2d, locally_connected2d_transpose, locally_connected2d_weight_grad
 
 
@@ -133,11 +134,14 @@ class LocallyConnectedFeedbackAlignment(LocallyConnected2d):
                                                                 self.window())
 
 
-def convert_to_feedback_alignment(module: nn.Module, seed: int = 0) -> nn.Module:
+def convert_to_feedback_alignment(module: nn.Module, seed: int = 0, init: str = "default",
+                                  init_std: float = 0.05) -> nn.Module:
     """Replace, in place, every ``nn.Linear``, ``nn.Conv2d`` and :class:`LocallyConnected2d`
-    inside ``module`` by its feedback-alignment version holding the same weight and bias parameters. The
-    feedback matrices are drawn in module order from a generator seeded with ``seed``,
-    uniform in ±1/√fan_in like PyTorch's default weights. Returns ``module``."""
+    inside ``module`` by its feedback-alignment version holding the same weight and bias
+    parameters. Each feedback matrix is drawn like its layer's weights, with the
+    initialisation scheme ``init`` (:func:`~locallearn.nn.weight_init.fill_weight_`; the
+    FA family's is Glorot in seed 002 §4 and seed 003 §5), in module order from a generator
+    seeded with ``seed``. Returns ``module``."""
     generator = torch.Generator().manual_seed(seed)
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
@@ -155,18 +159,12 @@ def convert_to_feedback_alignment(module: nn.Module, seed: int = 0) -> nn.Module
             else:
                 continue
             weight = child.weight
-            bound = 1 / math.sqrt(_fan_in(child))
-            feedback = (torch.rand(weight.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            feedback = fill_weight_(torch.empty(weight.shape, dtype=torch.float64), child, init, init_std, generator)
             replacement.weight, replacement.bias = weight, child.bias
             replacement.feedback = feedback.to(device=weight.device, dtype=weight.dtype)
             replacement.train(child.training)
             setattr(parent, name, replacement)
     return module
-
-
-def _fan_in(layer: nn.Module) -> int:
-    """Inputs summed by one output unit: C_in·kh·kw for conv and locally-connected layers."""
-    return layer.weight.shape[-1] if isinstance(layer, LocallyConnected2d) else layer.weight[0].numel()
 
 
 # ---------------------------------------------------------------- direct feedback alignment

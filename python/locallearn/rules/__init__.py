@@ -21,10 +21,12 @@ RULE_NAMES = tuple(REGISTRY)
 
 
 def build_rule(name: str, model: Network, *, lr: float, optimizer: str = "adam", weight_decay: float = 0.0,
-               amp: bool = False, seed: int = 0, **options) -> Rule:
+               amp: bool = False, seed: int = 0, init: str = "default", init_std: float = 0.05,
+               **options) -> Rule:
     """One of ``RULE_NAMES`` on ``model`` (already on its device). ``options`` are the
     rule's own settings (e.g. ``beta`` for predsim); one the rule does not take is an
-    error that lists those it does."""
+    error that lists those it does. ``seed`` and the run's weight ``init`` scheme reach the
+    rules that draw random matrices of their own (feedback alignment's B, drawn like the weights)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown rule {name!r}; choose one of {', '.join(RULE_NAMES)}")
     constructor = REGISTRY[name]
@@ -33,14 +35,15 @@ def build_rule(name: str, model: Network, *, lr: float, optimizer: str = "adam",
     if unknown:
         takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
         raise ValueError(f"rule {name!r} has no option {', '.join(unknown)}; {takes}")
-    if "seed" in inspect.signature(constructor).parameters:
-        options["seed"] = seed
+    parameters = inspect.signature(constructor).parameters
+    shared = {"seed": seed, "init": init, "init_std": init_std}
+    options.update({key: value for key, value in shared.items() if key in parameters})
     return constructor(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay, amp=amp, **options)
 
 
 def rule_options(name: str) -> list[str]:
     """The rule-specific keyword options of rule ``name``."""
-    common = {"model", "lr", "optimizer", "weight_decay", "amp", "seed", "name"}
+    common = {"model", "lr", "optimizer", "weight_decay", "amp", "seed", "init", "init_std", "name"}
     parameters = inspect.signature(REGISTRY[name]).parameters
     return [option for option in parameters if option not in common]
 

@@ -29,13 +29,14 @@ from locallearn.rules.base import Rule
 
 class FeedbackAlignment(Backprop):
     """Backprop's loop over a network whose layers feed the error back through fixed
-    random matrices (drawn from ``seed``; the model is converted in place)."""
+    random matrices, drawn from ``seed`` like the weights (the run's ``init`` scheme;
+    the model is converted in place)."""
 
     name = "fa"
 
     def __init__(self, model: Network, *, lr: float, optimizer: str = "adam", weight_decay: float = 0.0,
-                 amp: bool = False, seed: int = 0) -> None:
-        convert_to_feedback_alignment(model, seed)
+                 amp: bool = False, seed: int = 0, init: str = "default", init_std: float = 0.05) -> None:
+        convert_to_feedback_alignment(model, seed, init, init_std)
         super().__init__(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay, amp=amp)
 
 
