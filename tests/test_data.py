@@ -13,6 +13,7 @@ import torch
 from locallearn.data import (
     DATASET_NAMES,
     Augmentation,
+    Dataset,
     DatasetNotFoundError,
     DeviceLoader,
     default_augmentation,
@@ -286,6 +287,42 @@ def test_train_subset_keeps_class_proportions_and_recomputes_statistics():
     assert subset.std[0] == pytest.approx(subset.x_train.double().std(correction=0).item())
     with pytest.raises(ValueError, match="train_subset"):
         load_dataset("synthetic", train_subset=401, **options)
+
+
+def test_validation_split_is_held_out_of_the_training_set_with_class_proportions():
+    """seed 002 §4: "a validation set of 2000 samples from the training split"; the
+    statistics come from the training examples kept, and the split is drawn by the seed."""
+    options = {"input_shape": (1, 3, 3), "num_classes": 4, "train_size": 400, "test_size": 8}
+    full = load_dataset("synthetic", **options)
+    split = load_dataset("synthetic", validation=40, **options)
+    assert split.y_validation.bincount().tolist() == [10] * 4 and split.y_train.bincount().tolist() == [90] * 4
+    rows = {tuple(row.flatten().tolist()) for row in full.x_train}
+    kept = [tuple(row.flatten().tolist()) for row in split.x_train]
+    held = [tuple(row.flatten().tolist()) for row in split.x_validation]
+    assert set(kept) | set(held) == rows and not set(kept) & set(held)
+    assert torch.equal(split.x_test, full.x_test)
+    assert split.mean[0] == pytest.approx(split.x_train.double().mean().item())
+    again = load_dataset("synthetic", validation=40, **options)
+    other_seed = load_dataset("synthetic", validation=40, seed=1, **options)
+    assert torch.equal(again.x_validation, split.x_validation)
+    assert not torch.equal(other_seed.x_validation, split.x_validation)
+    assert full.x_validation is None
+    with pytest.raises(ValueError, match="validation must hold out between 1 and 399"):
+        load_dataset("synthetic", validation=400, **options)
+
+
+def test_unit_input_scaling_feeds_pixels_over_255():
+    """seed 002 §4: pixel values divided by 255, nothing else."""
+    images = torch.randint(0, 256, (6, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    dataset = Dataset("synthetic", images, torch.arange(6) % 2, images, torch.arange(6) % 2, num_classes=2,
+                      mean=(0.4,), std=(0.2,))
+    for scaling, expected in [("unit", images / 255), ("standardize", (images / 255 - 0.4) / 0.2)]:
+        mean, std = dataset.input_statistics(scaling)
+        loader = DeviceLoader(images, dataset.y_train, batch_size=6, device="cpu", mean=mean, std=std, shuffle=False)
+        (x, _), = loader.epoch(None)
+        torch.testing.assert_close(x, expected.float())
+    with pytest.raises(ValueError, match="unknown input scaling"):
+        dataset.input_statistics("minmax")
 
 
 def test_uint8_statistics_match_a_float_computation():

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from locallearn import engine
+from locallearn.data import load_digits
 from locallearn.engine import schedule
 from locallearn.engine.trainer import Schedule
 
@@ -147,7 +148,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     """SIGKILL a run in the middle of its third epoch, resume it, and compare every
     epoch's metrics with a run that was never interrupted (CPU, deterministic)."""
     args = [*TINY, "--rule", "predsim", "--epochs", "4", "--batch-size", "8", "--log-every", "1",
-            "--dropout", "0.1", "--cutout", "3", "--deterministic", "--lr-milestones", "0.5"]
+            "--dropout", "0.1", "--cutout", "3", "--deterministic", "--lr-milestones", "0.5", "--validation", "100"]
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     assert run_cli("train", *args, "--run-dir", str(reference_dir)).returncode == 0
 
@@ -172,6 +173,32 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     assert epoch_records(resumed_dir) == epoch_records(reference_dir)
     steps = [record["step"] for record in engine.read_metrics(resumed_dir) if record["kind"] == "step"]
     assert steps == sorted(set(steps))  # the steps after the checkpoint were logged once, not twice
+
+
+def test_validation_selects_the_epoch_of_lowest_validation_error_and_keeps_its_state(tmp_path):
+    """seed 002 §5: scores "for the set of model parameters that had lowest validation
+    error": every epoch logs the validation error, the selection so far is the first epoch
+    of the lowest one, and checkpoints/best.pt holds that epoch's parameters."""
+    settings = engine.TrainSettings(rule="backprop", data="digits", width=32, depth=1, epochs=6, batch_size=16,
+                                    lr=0.05, optimizer="sgd", validation=300, device="cpu",
+                                    run_dir=str(tmp_path / "run"))
+    trainer = engine.start_run(settings, progress=False)
+    trainer.fit()
+    records = [record for record in engine.read_metrics(trainer.run_dir) if record["kind"] == "epoch"]
+    validation_errors = [record["validation_error"] for record in records]
+    for index, record in enumerate(records):
+        best = validation_errors.index(min(validation_errors[:index + 1]))
+        assert record["best_epoch"] == best + 1
+        assert record["best_validation_error"] == validation_errors[best]
+        assert record["test_error_at_best"] == records[best]["test_error"]
+    best_state = engine.load_checkpoint(trainer.best_checkpoint_path)
+    assert best_state["epoch"] == records[-1]["best_epoch"]
+    parts = engine.build_parts(engine.read_settings(trainer.run_dir))
+    parts.rule.load_state_dict(best_state["rule"])
+    selected = engine.Trainer(parts.rule, parts.train_loader, parts.test_loader, trainer.schedule, tmp_path / "x")
+    assert selected.evaluate()[1] == pytest.approx(records[-1]["test_error_at_best"], abs=1e-9)
+    assert len(parts.dataset.y_validation) == 300
+    assert len(parts.dataset.y_train) + 300 == len(load_digits(seed=0).y_train)
 
 
 def test_schedule_validates():

@@ -67,6 +67,9 @@ def _train(args: argparse.Namespace) -> int:
         error = trainer.rule.model.task.error_name
         print(f"epoch {record['epoch']}: test {error} {record['test_error']:.4f}, "
               f"train {error} {record['train_error']:.4f}, {record['images_per_s']:.0f} images/s")
+        if "best_epoch" in record:
+            print(f"lowest validation {error} {record['best_validation_error']:.4f} at epoch {record['best_epoch']} "
+                  f"(checkpoints/best.pt): test {error} there {record['test_error_at_best']:.4f}")
     return 0
 
 

@@ -1,13 +1,14 @@
 """Datasets from local files (nothing is downloaded at run time) and on-device batches."""
 
 from locallearn.data.augmentation import Augmentation, default_augmentation
-from locallearn.data.dataset import Dataset
+from locallearn.data.dataset import INPUT_SCALINGS, Dataset
 from locallearn.data.digits import Split, load_digits
 from locallearn.data.files import DatasetNotFoundError
 from locallearn.data.loader import DeviceLoader
 from locallearn.data.registry import DATASET_NAMES, load_dataset
 
 __all__ = [
+    "INPUT_SCALINGS",
     "DATASET_NAMES",
     "Augmentation",
     "Dataset",

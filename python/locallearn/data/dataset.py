@@ -9,12 +9,17 @@ from torch import Tensor
 
 from locallearn.data.digits import Split
 
+INPUT_SCALINGS = ("standardize", "unit")
+"""How images reach the network: x = pixel / 255 standardised with the training set's
+per-channel mean and std, or left in [0, 1] (seed 002 §4: "dividing the pixel values by 255")."""
+
 
 @dataclass(frozen=True)
 class Dataset:
     """Images (N, C, H, W), uint8 as stored in image files or float32 in [0, 1], and
     int64 labels in [0, num_classes). ``mean`` and ``std`` are per channel over the
-    training images on the [0, 1] scale, for normalising both splits."""
+    training images on the [0, 1] scale, for normalising every split. The validation
+    split, held out of the training set, is empty unless one was asked for."""
 
     name: str
     x_train: Tensor
@@ -24,6 +29,17 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    x_validation: Tensor | None = None
+    y_validation: Tensor | None = None
+
+    def input_statistics(self, scaling: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (mean, std) a loader subtracts and divides by for ``scaling`` (INPUT_SCALINGS)."""
+        if scaling not in INPUT_SCALINGS:
+            raise ValueError(f"unknown input scaling {scaling!r}; choose one of {', '.join(INPUT_SCALINGS)}")
+        if scaling == "standardize":
+            return self.mean, self.std
+        channels = len(self.mean)
+        return (0.0,) * channels, (1.0,) * channels
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -32,10 +48,13 @@ class Dataset:
         return channels, height, width
 
     @classmethod
-    def from_split(cls, name: str, split: Split) -> Dataset:
-        """A dataset whose statistics are computed from ``split``'s training images."""
+    def from_split(cls, name: str, split: Split, validation: tuple[Tensor, Tensor] | None = None) -> Dataset:
+        """A dataset whose statistics are computed from ``split``'s training images, with
+        ``validation`` = (images, labels) held out of them, if given."""
         mean, std = channel_mean_std(split.x_train)
-        return cls(name, *split[:4], num_classes=split.num_classes, mean=mean, std=std)
+        x_validation, y_validation = validation or (None, None)
+        return cls(name, *split[:4], num_classes=split.num_classes, mean=mean, std=std, x_validation=x_validation,
+                   y_validation=y_validation)
 
 
 def channel_mean_std(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from locallearn.data.cifar import load_cifar10, load_cifar100
 from locallearn.data.dataset import Dataset
 from locallearn.data.digits import Split, load_digits
@@ -24,6 +26,8 @@ _FILE_LOADERS: dict[str, Callable[[str | Path | None], Split]] = {
     "stl10": load_stl10,
 }
 DATASET_NAMES = (*_FILE_LOADERS, "digits", "synthetic")
+VALIDATION_SEED_OFFSET = 7_919
+"""The validation split's draw is offset from the training subset's, so the two differ."""
 
 
 def load_dataset(
@@ -32,6 +36,7 @@ def load_dataset(
     *,
     seed: int = 0,
     train_subset: int | None = None,
+    validation: int = 0,
     **synthetic_options,
 ) -> Dataset:
     """The dataset ``name`` (one of ``DATASET_NAMES``) read from ``data_dir``.
@@ -40,8 +45,10 @@ def load_dataset(
     and "synthetic" float32 ones in [0, 1]. ``synthetic_options`` (input_shape,
     num_classes, train_size, test_size) configure "synthetic", generated from
     ``seed``. ``train_subset=N`` keeps N training examples drawn by ``seed`` with the
-    class proportions kept; mean and std are computed over the training set kept.
-    Missing files raise DatasetNotFoundError: nothing is downloaded."""
+    class proportions kept; ``validation=N`` then holds N more of them out, drawn the
+    same way, as the validation split (seed 002 §4 holds out 2,000 of Fashion-MNIST's).
+    Mean and std are computed over the training set kept. Missing files raise
+    DatasetNotFoundError: nothing is downloaded."""
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     if synthetic_options and name != "synthetic":
@@ -55,4 +62,12 @@ def load_dataset(
     if train_subset is not None:
         kept = stratified_subset(split.y_train, train_subset, seed)
         split = split._replace(x_train=split.x_train[kept], y_train=split.y_train[kept])
-    return Dataset.from_split(name, split)
+    if not validation:
+        return Dataset.from_split(name, split)
+    if not 0 < validation < len(split.y_train):
+        raise ValueError(f"validation must hold out between 1 and {len(split.y_train) - 1} of the "
+                         f"{len(split.y_train)} training examples, got {validation}")
+    held_out = torch.zeros(len(split.y_train), dtype=torch.bool)
+    held_out[stratified_subset(split.y_train, validation, seed + VALIDATION_SEED_OFFSET)] = True
+    kept = split._replace(x_train=split.x_train[~held_out], y_train=split.y_train[~held_out])
+    return Dataset.from_split(name, kept, (split.x_train[held_out], split.y_train[held_out]))

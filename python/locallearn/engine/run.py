@@ -16,6 +16,7 @@ from locallearn import config, data
 from locallearn.engine.checkpoint import load_checkpoint
 from locallearn.engine.schedule import PAPER_DECAY, PAPER_MILESTONES
 from locallearn.engine.trainer import CHECKPOINT_NAME, Schedule, Trainer
+from locallearn.data import INPUT_SCALINGS
 from locallearn.models import ACTIVATIONS, INIT_SCHEMES, MODEL_NAMES, build_model, initialize
 from locallearn.rules import (
     OPTIMIZERS,
@@ -46,6 +47,11 @@ class TrainSettings:
     data: str = _option("digits", "dataset", choices=data.DATASET_NAMES)
     data_dir: str | None = _option(None, "directory holding the dataset's files (default: standard places)")
     train_subset: int | None = _option(None, "train on this many examples, class proportions kept", type=int)
+    validation: int = _option(0, "hold out this many training examples (class proportions kept) as a validation "
+                                 "set: every epoch logs its error, checkpoints/best.pt keeps the epoch where it "
+                                 "is lowest, and the run reports test error there (seed 002: 2000)", type=int)
+    input_scaling: str = _option("standardize", "inputs standardised per channel ('standardize') or pixel/255 in "
+                                                "[0, 1] ('unit', seed 002 §4)", choices=INPUT_SCALINGS)
     epochs: int = _option(10, "training epochs", type=int)
     batch_size: int = _option(128, "examples per step (seed 004: 128)", type=int)
     lr: float = _option(5e-4, "Adam learning rate (seed 004: 5e-4)", type=float)
@@ -153,6 +159,7 @@ class RunParts:
     train_loader: data.DeviceLoader
     test_loader: data.DeviceLoader
     rule: Rule
+    validation_loader: data.DeviceLoader | None = None
 
 
 def build_parts(settings: TrainSettings) -> RunParts:
@@ -163,15 +170,18 @@ def build_parts(settings: TrainSettings) -> RunParts:
     torch.manual_seed(settings.seed)
     torch.use_deterministic_algorithms(settings.deterministic)
     dataset = data.load_dataset(settings.data, settings.data_dir, seed=settings.seed,
-                                train_subset=settings.train_subset)
+                                train_subset=settings.train_subset, validation=settings.validation)
     augmentation = data.default_augmentation(settings.data) if settings.augment else data.Augmentation()
     augmentation = dataclasses.replace(augmentation, cutout=settings.cutout)
-    common = dict(batch_size=settings.batch_size, device=device, mean=dataset.mean, std=dataset.std)
+    mean, std = dataset.input_statistics(settings.input_scaling)
+    common = dict(batch_size=settings.batch_size, device=device, mean=mean, std=std)
     # Full batches only: batch norm and the similarity loss need more than one example,
     # and the examples left over are in next epoch's reshuffle.
     train_loader = data.DeviceLoader(dataset.x_train, dataset.y_train, augmentation=augmentation, shuffle=True,
                                      drop_last=True, classes_per_batch=settings.classes_per_batch, **common)
     test_loader = data.DeviceLoader(dataset.x_test, dataset.y_test, shuffle=False, **common)
+    validation_loader = (None if dataset.x_validation is None else
+                         data.DeviceLoader(dataset.x_validation, dataset.y_validation, shuffle=False, **common))
     model = build_model(settings.model, dataset.input_shape, dataset.num_classes, depth=settings.depth,
                         width=settings.width, width_multiplier=settings.width_multiplier,
                         activation=settings.activation, dropout=settings.dropout,
@@ -181,7 +191,7 @@ def build_parts(settings: TrainSettings) -> RunParts:
     rule = build_rule(settings.rule, model, lr=settings.lr, optimizer=settings.optimizer,
                       weight_decay=settings.weight_decay, amp=settings.amp, seed=settings.seed,
                       init=settings.init, init_std=settings.init_std, **options)
-    return RunParts(dataset, train_loader, test_loader, rule)
+    return RunParts(dataset, train_loader, test_loader, rule, validation_loader)
 
 
 def build_trainer(settings: TrainSettings, *, progress: bool = True) -> Trainer:
@@ -190,7 +200,7 @@ def build_trainer(settings: TrainSettings, *, progress: bool = True) -> Trainer:
     schedule = Schedule(settings.epochs, settings.lr, tuple(settings.lr_milestones), settings.lr_decay,
                         settings.log_every, settings.seed)
     return Trainer(parts.rule, parts.train_loader, parts.test_loader, schedule, settings.run_dir, progress=progress,
-                   tensorboard=settings.tensorboard)
+                   tensorboard=settings.tensorboard, validation_loader=parts.validation_loader)
 
 
 def start_run(settings: TrainSettings, *, progress: bool = True) -> Trainer:

@@ -1,6 +1,8 @@
 """The training loop: epochs of ``rule.train_step`` over on-device batches, the
 learning-rate schedule, evaluation after every epoch, metrics and an atomic
-checkpoint per epoch from which ``resume`` continues exactly."""
+checkpoint per epoch from which ``resume`` continues exactly; with a validation set,
+model selection by its error (seed 002 §5: scores "for the set of model parameters
+that had lowest validation error")."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from locallearn.engine.schedule import (
 from locallearn.rules import Rule
 
 CHECKPOINT_NAME = "checkpoints/last.pt"
+BEST_CHECKPOINT_NAME = "checkpoints/best.pt"
 
 
 class DivergenceError(RuntimeError):
@@ -57,29 +60,40 @@ class Trainer:
     """Runs ``rule`` on ``train_loader`` / ``test_loader`` (``locallearn.data.DeviceLoader``)
     and writes ``metrics.jsonl`` and ``checkpoints/last.pt`` into ``run_dir``.
 
+    With a ``validation_loader`` every epoch record also holds the validation error and
+    the selection so far: the epoch of the lowest validation error (the first, on a tie),
+    its validation and test errors; ``checkpoints/best.pt`` holds that epoch's state.
+
     Batch order and augmentation of epoch e come from a generator seeded with
     (seed, e), and the checkpoint holds the global RNG state (dropout), so a run
     resumed from a checkpoint continues exactly as it would have.
     """
 
     def __init__(self, rule: Rule, train_loader, test_loader, schedule: Schedule, run_dir: str | Path, *,
-                 progress: bool = True, tensorboard: bool = False) -> None:
+                 progress: bool = True, tensorboard: bool = False, validation_loader=None) -> None:
         self.rule, self.train_loader, self.test_loader = rule, train_loader, test_loader
+        self.validation_loader = validation_loader
         self.schedule, self.run_dir, self.progress = schedule, Path(run_dir), progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(self.run_dir, tensorboard=tensorboard)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimisation steps completed
+        self.best: dict | None = None  # the selected epoch: best_epoch, best_validation_error, test_error_at_best
 
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_NAME
+
+    @property
+    def best_checkpoint_path(self) -> Path:
+        return self.run_dir / BEST_CHECKPOINT_NAME
 
     def resume(self) -> None:
         """Continue from ``checkpoints/last.pt``: state, RNG and metrics as they were then."""
         state = load_checkpoint(self.checkpoint_path)
         self.rule.load_state_dict(state["rule"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.best = state.get("best")
         torch.set_rng_state(state["rng"]["cpu"])
         if torch.cuda.is_available() and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -92,7 +106,9 @@ class Trainer:
             while self.epoch < self.schedule.epochs:
                 record = self._run_epoch()
                 self.epoch += 1
-                self._save_checkpoint()
+                # best.pt first: a kill between the two reruns this epoch from the last.pt before it.
+                self._save_checkpoint(self.best_checkpoint_path if self.best and
+                                      self.best["best_epoch"] == self.epoch else None)
         finally:
             self.log.close()
         return record
@@ -142,21 +158,30 @@ class Trainer:
                   **{key: (value / images).item() for key, value in sums.items()},
                   "test_loss": test_loss, "test_error": test_error, "images_per_s": images / seconds,
                   "train_seconds": seconds, "peak_memory_mb": _peak_memory_mb(device)}
+        if self.validation_loader is not None:
+            record["validation_loss"], record["validation_error"] = self.evaluate(self.validation_loader)
+            if self.best is None or record["validation_error"] < self.best["best_validation_error"]:
+                self.best = {"best_epoch": epoch + 1, "best_validation_error": record["validation_error"],
+                             "test_error_at_best": test_error}
+            record.update(self.best)
         self.log.write(record)
         if self.progress:
             error = self.rule.model.task.error_name
+            validation = (f"validation {error} {record['validation_error']:.4f}, "
+                          if "validation_error" in record else "")
             tqdm.write(f"epoch {epoch + 1}/{self.schedule.epochs}: train {error} {record['train_error']:.4f}, "
-                       f"test {error} {test_error:.4f}, {record['images_per_s']:.0f} images/s")
+                       f"{validation}test {error} {test_error:.4f}, {record['images_per_s']:.0f} images/s")
         return record
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """(mean output loss, error) of the rule's predictions on the test set: cross-entropy
-        and error rate, or an autoencoder's squared error and mean squared error per feature."""
+    def evaluate(self, loader=None) -> tuple[float, float]:
+        """(mean output loss, error) of the rule's predictions on ``loader`` (the test set by
+        default): cross-entropy and error rate, or an autoencoder's squared error and mean
+        squared error per feature."""
         task = self.rule.model.task
         loss = errors = 0.0
         count = 0
-        for x, y in self.test_loader.epoch(None):
+        for x, y in (self.test_loader if loader is None else loader).epoch(None):
             output = self.rule.predict(x)
             loss += task.loss(output, x, y, reduction="sum").item()
             errors += task.error(output, x, y).item() * len(y)
@@ -173,11 +198,14 @@ class Trainer:
         raise DivergenceError(f"rule {self.rule.name!r} diverged at step {self.step} (epoch {self.epoch + 1}): "
                               f"{name} is {values[name].item()}; {kept}")
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, also: Path | None = None) -> None:
+        """checkpoints/last.pt, and the same state at ``also`` first, when given."""
         rng = {"cpu": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        save_atomic({"epoch": self.epoch, "step": self.step, "rule": self.rule.state_dict(), "rng": rng,
-                     "metrics_bytes": self.log.size()}, self.checkpoint_path)
+        state = {"epoch": self.epoch, "step": self.step, "rule": self.rule.state_dict(), "rng": rng,
+                 "metrics_bytes": self.log.size(), **({"best": self.best} if self.best else {})}
+        for path in ([also] if also else []) + [self.checkpoint_path]:
+            save_atomic(state, path)
 
 
 def _epoch_generator(seed: int, epoch: int, purpose: str = "train") -> torch.Generator:
