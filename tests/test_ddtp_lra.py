@@ -97,9 +97,9 @@ def hand_lra(update_rule: int, loss: str, beta: float, gamma: float, lr: float =
 def expected_lra(update_rule: int, loss: str, beta: float, gamma: float):
     """Algorithms 1–2 one example at a time with column vectors, straight from the paper:
     e3 = −y/z3; y2 = tanh(h2 − βE3e3); e2 = ∂ℒ/∂z2; y1 = tanh(h1 − βE2e2); e1 = ∂ℒ/∂z1;
-    rule 1: ΔWℓ = (eℓ ⊗ (1 − zℓ²)) zℓ₋₁ᵀ, ΔEℓ = −γΔWℓᵀ; rule 2: ΔWℓ = eℓ zℓ₋₁ᵀ for the
-    hidden layers, ΔEℓ = γΔWℓᵀ; at the softmax both take (diag(z3) − z3z3ᵀ)e3 z2ᵀ.
-    Batch means."""
+    rule 1: ΔWℓ = (eℓ ⊗ (1 − zℓ²)) zℓ₋₁ᵀ; rule 2: ΔWℓ = eℓ zℓ₋₁ᵀ for the hidden layers;
+    ΔEℓ = γΔWℓᵀ for both (eq. (7)'s sign, the authors' code; rules/lra.py says why); at
+    the softmax both take (diag(z3) − z3z3ᵀ)e3 z2ᵀ. Batch means."""
     d = torch.float64
     (w1, b1), (w2, b2), (w3, b3) = ((torch.tensor(w, dtype=d), torch.tensor(b, dtype=d).reshape(-1, 1))
                                     for w, b in (W1, W2, W3))
@@ -137,9 +137,8 @@ def expected_lra(update_rule: int, loss: str, beta: float, gamma: float):
                             ("W1", delta1 @ z0.T), ("b1", delta1)):
             totals[name] = totals[name] + value / len(X)
         per_example.append({"targets": [y1, y2, y], "errors": [e1, e2, e3]})
-    sign = -1 if update_rule == 1 else 1
-    totals["E2"] = sign * gamma * totals["W2"].T
-    totals["E3"] = sign * gamma * totals["W3"].T
+    totals["E2"] = gamma * totals["W2"].T
+    totals["E3"] = gamma * totals["W3"].T
     for name in ("b1", "b2", "b3"):
         totals[name] = totals[name].flatten()
     stacked = {key: [torch.cat([example[key][i].T for example in per_example]) for i in range(3)]
@@ -189,8 +188,24 @@ def test_lra_rules_differ_only_by_phi_prime():
     torch.testing.assert_close(updates[0][output_weight[0]], updates[1][output_weight[1]])
     hidden = [rule.model.blocks[1].layer.weight for rule in (one, two)]
     assert not torch.allclose(updates[0][hidden[0]], updates[1][hidden[1]])
-    # ΔE has opposite signs in eqs. (6) and (7).
-    torch.testing.assert_close(updates[0][one.error_weights[1]], -updates[1][two.error_weights[1]])
+
+
+@pytest.mark.parametrize("update_rule", [1, 2])
+@pytest.mark.parametrize("gamma", [0.5, 1.0])
+def test_lra_error_weights_track_the_transposed_forward_weights(update_rule, gamma):
+    """Each SGD step moves Eˡ the way it moves Wˡᵀ, γ times as far (eq. (7), the authors'
+    code, whose γ is 1.0): with γ = 1, Eˡ − Wˡᵀ never changes (Kolen–Pollack, the paper's [35])."""
+    x, labels = torch.tensor(X, dtype=torch.float64), torch.tensor(LABELS)
+    rule = hand_lra(update_rule, "gaussian", 0.1, gamma)
+    pairs = list(zip([rule.model.blocks[1].layer.weight, rule.model.output.layer.weight], rule.error_weights))
+    before = [(weight.detach().clone(), error.detach().clone()) for weight, error in pairs]
+    rule.train_step(x, labels)
+    for (weight, error), (weight_before, error_before) in zip(pairs, before):
+        weight_step = (weight.detach() - weight_before).T
+        torch.testing.assert_close(error.detach() - error_before, gamma * weight_step, rtol=1e-12, atol=1e-14)
+        assert weight_step.abs().max() > 1e-6
+        if gamma == 1.0:
+            torch.testing.assert_close(error - weight.T, error_before - weight_before.T, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5])
@@ -430,7 +445,7 @@ def test_ddtp_bad_options_raise(options):
         DirectDifferenceTargetProp(small_model("mlp"), **{"lr": 1e-3, **options})
 
 
-@pytest.mark.parametrize("options", [dict(lra_beta=0.0), dict(lra_gamma=-0.1), dict(lra_gamma=1.0),
+@pytest.mark.parametrize("options", [dict(lra_beta=0.0), dict(lra_gamma=-0.1), dict(lra_gamma=1.5),
                                      dict(lra_update_rule=3), dict(lra_update_rule="1"), dict(lra_loss="laplace"),
                                      dict(lra_error_std=0.0), dict(lr=-1.0)])
 def test_lra_bad_options_raise(options):

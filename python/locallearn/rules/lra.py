@@ -8,8 +8,8 @@ error weights Eˡ (one per layer but the first, footnote 2), never through Wᵀ:
 - target of the layer below yˡ⁻¹ = φ(hˡ⁻¹ − β Eˡ eˡ) (eq. (5)), β = 0.1 (footnote 1);
 - hidden error units eˡ = ∂ℒˡ(yˡ, zˡ)/∂zˡ of a Gaussian (eq. (3)) or Cauchy (eq. (4))
   local loss;
-- updates ΔWˡ = (eˡ ⊗ φ'(hˡ)) zˡ⁻¹ᵀ with ΔEˡ = −γ ΔWˡᵀ (rule 1, eq. (6)), or
-  ΔWˡ = eˡ zˡ⁻¹ᵀ with ΔEˡ = γ ΔWˡᵀ (rule 2, eq. (7)), signs as printed.
+- updates ΔWˡ = (eˡ ⊗ φ'(hˡ)) zˡ⁻¹ᵀ (rule 1, eq. (6)) or ΔWˡ = eˡ zˡ⁻¹ᵀ (rule 2,
+  eq. (7)), and ΔEˡ = γ ΔWˡᵀ for both (eq. (7)'s sign; see below).
 
 These updates are not the gradient of one loss, so they are computed in closed form,
 averaged over the mini-batch. ΔW goes to the optimiser as ``.grad`` (W ← W − λΔW for
@@ -24,9 +24,14 @@ which is zᴸ − y; rule 2 keeps it there too and drops φ' of the hidden layer
 (the derivatives it is meant to avoid, §2.1): eᴸ zᴸ⁻¹ᵀ = −(y/zᴸ) zᴸ⁻¹ᵀ is unbounded and
 never vanishes, and with it an MLP on digits diverged within 200 SGD steps at λ = 0.01.
 
-The paper gives no γ, only "less than 1.0"; 0.1 is ours. Rule 1's ΔE = −γΔWᵀ, kept as
-printed, moves E against Wᵀ (rule 2's moves it with Wᵀ); with SGD on digits it cost
-accuracy at γ = 0.9 (0.94–0.95, against 0.965–0.969 at γ = 0.1).
+The sign of ΔE. Eq. (6) prints ΔEˡ = −γ ΔWˡᵀ, eq. (7) ΔEˡ = γ ΔWˡᵀ; both ΔW are descent
+directions (W ← W − λΔW), so as printed rule 1 moves E against Wᵀ and rule 2 with it. The
+targets of eq. (5) need E to carry the error down as Wᵀ would (the Kolen–Pollack idea the
+paper cites as [35]: feedback weights that receive the forward weights' updates come to
+equal them), and the authors' code (github.com/AnkurMali/LRA-E, fmnist/fmnist.py,
+compute_lra_updates) applies γ·ΔW to E in the same descent step as ΔW to W. So both rules
+use ΔE = γΔWᵀ here, E ← E − λγΔWᵀ, and eq. (6)'s minus sign is read as a slip. The paper
+gives no γ, only "less than 1.0"; the authors' code uses 1.0; 0.1 is ours.
 """
 
 from __future__ import annotations
@@ -101,9 +106,9 @@ class LocalRepresentationAlignment(Rule):
         require_plain_mlp(model, "LRA-E", "seed 002 eq. (1), hˡ = Wˡ zˡ⁻¹")
         if lra_beta <= 0:
             raise ValueError(f"lra_beta must be positive (seed 002 uses 0.1), got {lra_beta}")
-        if not 0 <= lra_gamma < 1:
-            raise ValueError(f"lra_gamma must be in [0, 1) (seed 002 §2.1: less than 1.0; 0 keeps the error "
-                             f"weights fixed), got {lra_gamma}")
+        if not 0 <= lra_gamma <= 1:
+            raise ValueError(f"lra_gamma must be in [0, 1] (seed 002 §2.1: less than 1.0, the authors' code 1.0; "
+                             f"0 keeps the error weights fixed), got {lra_gamma}")
         if lra_update_rule not in UPDATE_RULES:
             raise ValueError(f"lra_update_rule must be 1 (eq. (6), with φ') or 2 (eq. (7), without), "
                              f"got {lra_update_rule!r}")
@@ -195,8 +200,7 @@ class LocalRepresentationAlignment(Rule):
             if layer.bias is not None:
                 updates[layer.bias] = delta.mean(dim=0)
             if index > 0 and self.gamma > 0:
-                sign = -1 if self.update_rule == 1 else 1
-                updates[self.error_weights[index - 1]] = sign * self.gamma * weight_update.T
+                updates[self.error_weights[index - 1]] = self.gamma * weight_update.T  # E tracks Wᵀ
         return updates
 
 
