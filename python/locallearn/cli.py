@@ -1,4 +1,4 @@
-"""The `locallearn` command line: `train`, `analyze`, `demo` and `info`."""
+"""The `locallearn` command line: `train`, `reproduce`, `analyze`, `demo` and `info`."""
 
 from __future__ import annotations
 
@@ -97,6 +97,23 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from locallearn.engine.reproduce import reproduce
+
+    try:
+        markdown_path, json_path, failed = reproduce(args.table, args.out, jobs=args.jobs, epochs=args.epochs,
+                                                     progress=not args.no_progress)
+    except ValueError as error:
+        print(f"locallearn reproduce: error: {error}", file=sys.stderr)
+        return 2
+    print(markdown_path.read_text(), end="")
+    print(f"written: {markdown_path}, {json_path}")
+    if failed:
+        print(f"locallearn reproduce: {len(failed)} cell(s) failed; rerun to resume them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _setting_names(skip: tuple = ()) -> list[str]:
     from locallearn.engine.run import settings_fields
 
@@ -143,6 +160,18 @@ def _add_demo_parser(commands) -> None:
     demo.set_defaults(run=_demo, command_parser=demo)
 
 
+def _add_reproduce_parser(commands) -> None:
+    reproduce = commands.add_parser("reproduce", help="run a paper's table (recipes x columns x seeds, "
+                                                      "configs/tables/) and print ours beside the paper's numbers")
+    reproduce.add_argument("table", metavar="TABLE", help="a table file, e.g. configs/tables/seed002-table2.toml")
+    reproduce.add_argument("--jobs", type=int, default=1, help="cells trained at once (default: 1)")
+    reproduce.add_argument("--out", help="directory of the cells' runs and the table (default: runs/tables/TABLE)")
+    reproduce.add_argument("--epochs", type=int, help="a quick look: every cell trains this many epochs, in a "
+                                                       "directory of its own, and the table says so")
+    reproduce.add_argument("--no-progress", action="store_true", help="no progress bar")
+    reproduce.set_defaults(run=_reproduce)
+
+
 def _add_analyze_parser(commands) -> None:
     from locallearn.analysis.report import SPLITS
 
@@ -164,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locallearn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(commands)
+    _add_reproduce_parser(commands)
     _add_analyze_parser(commands)
     info = commands.add_parser("info", help="versions, the native extension and the devices each op serves")
     info.set_defaults(run=_info)

@@ -1,0 +1,259 @@
+"""`locallearn reproduce TABLE`: a paper's table as rows (recipes) × columns (settings
+such as depth) × seeds, each cell a `locallearn train` run of its own, several at once;
+finished cells are skipped and interrupted ones resumed, so a stopped reproduction loses
+at most the epochs after each run's last checkpoint. The table is written as Markdown
+and JSON: mean ± sd over seeds beside the paper's number, the gap, epochs and wall time.
+
+A table file (TOML; paths relative to it)::
+
+    title = "Seed 002 Table 2: Fashion-MNIST test error (%)"
+    source = "Ororbia & Mali 2019, Table 2"
+    seeds = [0, 1]
+    report = "test_error_at_best"        # an epoch record's field, reported in %
+    settings = { validation = 2000 }     # for every cell
+    [[columns]]
+    name = "3 layers"
+    settings = { depth = 3 }
+    [[rows]]
+    name = "Backprop"
+    recipe = "../seed002-fashion-mnist-backprop.toml"
+    paper = [14.89]                      # one number per column (% test error)
+    settings = {}                        # for this row's cells (optional)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from locallearn import config
+from locallearn.engine.metrics import read_metrics
+
+CELL_CONFIG = "cell.toml"
+CELL_LOG = "train.log"
+CELL_WALL = "wall_seconds.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    recipe: Path
+    paper: tuple[float | None, ...]
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Table:
+    path: Path
+    title: str
+    source: str
+    seeds: tuple[int, ...]
+    report: str
+    settings: dict
+    rows: tuple[Row, ...]
+    columns: tuple[Column, ...]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (row, column, seed) run and the settings it trains with."""
+
+    row: str
+    column: str
+    seed: int
+    settings: dict
+    run_dir: Path
+
+
+def load_table(path: str | Path) -> Table:
+    """Read and check a table file (module docstring); errors name the file and the entry."""
+    path = Path(path)
+    raw = config.load_toml(path)
+    for key in ("title", "seeds", "report", "rows", "columns"):
+        if key not in raw:
+            raise ValueError(f"table {path}: missing {key!r}")
+    columns = tuple(Column(entry["name"], dict(entry.get("settings", {}))) for entry in raw["columns"])
+    rows = []
+    for entry in raw["rows"]:
+        recipe = (path.parent / entry["recipe"]).resolve()
+        if not recipe.is_file():
+            raise ValueError(f"table {path}: row {entry['name']!r} names recipe {recipe}, which does not exist")
+        paper = tuple(entry.get("paper", [None] * len(columns)))
+        if len(paper) != len(columns):
+            raise ValueError(f"table {path}: row {entry['name']!r} has {len(paper)} paper numbers for "
+                             f"{len(columns)} columns")
+        rows.append(Row(entry["name"], recipe, paper, dict(entry.get("settings", {}))))
+    seeds = tuple(int(seed) for seed in raw["seeds"])
+    if not seeds or not rows or not columns:
+        raise ValueError(f"table {path}: needs at least one seed, row and column")
+    return Table(path, raw["title"], raw.get("source", ""), seeds, raw["report"], dict(raw.get("settings", {})),
+                 tuple(rows), columns)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def plan(table: Table, out_dir: Path, epochs: int | None = None) -> list[Cell]:
+    """Every cell, with its settings: the row's recipe, then the table's, the column's and the
+    row's own settings, the seed and, for a quick look, ``epochs``."""
+    cells = []
+    for row in table.rows:
+        recipe = config.load_toml(row.recipe)
+        for column in table.columns:
+            for seed in table.seeds:
+                settings = {**recipe, **table.settings, **column.settings, **row.settings, "seed": seed,
+                            **({"epochs": epochs} if epochs is not None else {})}
+                run_dir = out_dir / slug(row.name) / slug(column.name) / f"seed-{seed}"
+                cells.append(Cell(row.name, column.name, seed, settings, run_dir))
+    return cells
+
+
+def epochs_done(cell: Cell) -> int:
+    """Epochs the cell's run has logged (0 before its first)."""
+    if not (cell.run_dir / "metrics.jsonl").is_file():
+        return 0
+    return max((record["epoch"] for record in read_metrics(cell.run_dir) if record["kind"] == "epoch"), default=0)
+
+
+def is_finished(cell: Cell) -> bool:
+    return epochs_done(cell) >= cell.settings["epochs"]
+
+
+def run_cell(cell: Cell, threads: int) -> tuple[Cell, int]:
+    """Train the cell (start it, or resume it from its run directory) in a process of its own
+    with ``threads`` intra-op threads; its output goes to the cell's train.log. Returns the
+    exit status; the wall time spent is added to the cell's wall_seconds.json."""
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    if (cell.run_dir / "config.toml").is_file():
+        arguments = ["--resume", str(cell.run_dir)]
+    else:
+        (cell.run_dir / CELL_CONFIG).write_text(config.dump_toml(cell.settings), encoding="utf-8")
+        arguments = ["--config", str(cell.run_dir / CELL_CONFIG), "--run-dir", str(cell.run_dir)]
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    started = time.monotonic()
+    with (cell.run_dir / CELL_LOG).open("a", encoding="utf-8") as log:
+        completed = subprocess.run([sys.executable, "-m", "locallearn.cli", "train", *arguments, "--no-progress"],
+                                   stdout=log, stderr=subprocess.STDOUT, env=environment)
+    wall = cell.run_dir / CELL_WALL
+    spent = json.loads(wall.read_text())["seconds"] if wall.is_file() else 0.0
+    temporary = wall.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"seconds": spent + time.monotonic() - started}), encoding="utf-8")
+    os.replace(temporary, wall)  # a kill leaves the old total or the new one
+    return cell, completed.returncode
+
+
+def cell_result(cell: Cell, report: str) -> dict:
+    """The cell's reported value (a fraction), epochs logged and wall time, or why there is none."""
+    wall = cell.run_dir / CELL_WALL
+    result = {"seed": cell.seed, "run_dir": str(cell.run_dir), "epochs": epochs_done(cell),
+              "wall_seconds": json.loads(wall.read_text())["seconds"] if wall.is_file() else None, "value": None}
+    if result["epochs"] == 0:
+        return result
+    last = [record for record in read_metrics(cell.run_dir) if record["kind"] == "epoch"][-1]
+    if report not in last:
+        raise ValueError(f"{cell.run_dir}: its epoch records have no {report!r} (does the table set validation?)")
+    result["value"] = last[report]
+    return result
+
+
+def summarise(table: Table, cells: list[Cell]) -> dict:
+    """The table's JSON record: per row and column, the seeds' values in % and their mean ± sd
+    over finished seeds, beside the paper's number."""
+    rows = []
+    for row in table.rows:
+        entries = []
+        for column, paper in zip(table.columns, row.paper):
+            mine = [cell for cell in cells if cell.row == row.name and cell.column == column.name]
+            results = [cell_result(cell, table.report) for cell in mine]
+            finished = [100 * result["value"] for cell, result in zip(mine, results) if is_finished(cell)]
+            mean = statistics.fmean(finished) if finished else None
+            sd = statistics.stdev(finished) if len(finished) > 1 else None
+            entries.append({"column": column.name, "paper": paper, "mean": mean, "sd": sd,
+                            "gap": None if mean is None or paper is None else mean - paper,
+                            "seeds_finished": len(finished), "seeds": results,
+                            "epochs": mine[0].settings["epochs"]})
+        rows.append({"row": row.name, "recipe": str(row.recipe), "cells": entries})
+    return {"title": table.title, "source": table.source, "table": str(table.path), "report": table.report,
+            "seeds": list(table.seeds), "columns": [column.name for column in table.columns], "rows": rows}
+
+
+def markdown(summary: dict, quick_epochs: int | None) -> str:
+    """The table as Markdown: ours (mean ± sd over seeds) / the paper's, and the gap."""
+    lines = [f"# {summary['title']}", ""]
+    if summary["source"]:
+        lines += [f"Paper: {summary['source']}. Reported: `{summary['report']}` (%), mean ± sd over seeds "
+                  f"{summary['seeds']}; the paper's number and our gap to it beside.", ""]
+    if quick_epochs is not None:
+        lines += [f"**Quick look: {quick_epochs} epoch(s) per cell (`--epochs {quick_epochs}`), not the recipes' "
+                  "epochs: not comparable with the paper.**", ""]
+    header = "| | " + " | ".join(f"{name}: ours | paper | gap" for name in summary["columns"]) + " |"
+    lines += [header, "|---" * (1 + 3 * len(summary["columns"])) + "|"]
+    for row in summary["rows"]:
+        cells = []
+        for entry in row["cells"]:
+            if entry["mean"] is None:
+                ours = f"pending ({entry['seeds_finished']}/{len(entry['seeds'])} seeds)"
+            else:
+                ours = f"{entry['mean']:.2f}" + (f" ± {entry['sd']:.2f}" if entry["sd"] is not None else "")
+                if entry["seeds_finished"] < len(entry["seeds"]):
+                    ours += f" ({entry['seeds_finished']}/{len(entry['seeds'])} seeds)"
+            paper = "-" if entry["paper"] is None else f"{entry['paper']:.2f}"
+            gap = "-" if entry["gap"] is None else f"{entry['gap']:+.2f}"
+            cells += [ours, paper, gap]
+        lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
+    lines += ["", "Epochs and wall time per cell (summed over seeds and resumptions):", ""]
+    for row in summary["rows"]:
+        times = []
+        for entry in row["cells"]:
+            seconds = sum(seed["wall_seconds"] or 0 for seed in entry["seeds"])
+            times.append(f"{entry['column']}: {entry['epochs']} epochs, {seconds / 60:.1f} min")
+        lines.append(f"- {row['row']}: " + "; ".join(times))
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(table_path: str | Path, out_dir: str | Path | None = None, *, jobs: int = 1,
+              epochs: int | None = None, progress: bool = True) -> tuple[Path, Path, list[Cell]]:
+    """Run every unfinished cell of the table (``jobs`` at a time), then write
+    ``<out_dir>/<table>.md`` and ``.json``; returns their paths and the cells that failed."""
+    table = load_table(table_path)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    out_dir = Path(out_dir) if out_dir else Path("runs") / "tables" / table.path.stem
+    if epochs is not None:
+        out_dir = out_dir / f"quick-{epochs}-epochs"
+    cells = plan(table, out_dir, epochs)
+    todo = [cell for cell in cells if not is_finished(cell)]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    failed = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool, \
+            tqdm(total=len(cells), initial=len(cells) - len(todo), desc=table.path.stem, disable=not progress) as bar:
+        for future in concurrent.futures.as_completed([pool.submit(run_cell, cell, threads) for cell in todo]):
+            cell, status = future.result()
+            bar.update()
+            if status != 0:
+                failed.append(cell)
+                tqdm.write(f"{cell.row} / {cell.column} / seed {cell.seed} failed (exit {status}); "
+                           f"see {cell.run_dir / CELL_LOG}")
+    summary = summarise(table, cells)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = out_dir / f"{table.path.stem}.json", out_dir / f"{table.path.stem}.md"
+    json_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    markdown_path.write_text(markdown(summary, epochs), encoding="utf-8")
+    return markdown_path, json_path, failed

@@ -1,0 +1,110 @@
+"""`locallearn reproduce`: a table of recipes x columns x seeds, each cell its own training
+run; finished cells are skipped, interrupted ones resumed; the table is written with the
+paper's numbers beside ours; and the shipped tables name recipes that build."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from locallearn import engine
+from locallearn.engine import reproduce
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+RECIPE = """rule = "backprop"
+data = "digits"
+model = "mlp"
+depth = 1
+width = 32
+epochs = 1
+batch-size = 64
+lr = 0.01
+validation = 200
+device = "cpu"
+"""
+TABLE = """title = "A two-cell table"
+source = "a made-up paper, Table 9"
+seeds = [0, 1]
+report = "test_error_at_best"
+[[columns]]
+name = "1 layer"
+[[rows]]
+name = "Backprop"
+recipe = "recipe.toml"
+paper = [5.0]
+"""
+
+
+@pytest.fixture
+def table(tmp_path) -> Path:
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    path = tmp_path / "tiny.toml"
+    path.write_text(TABLE)
+    return path
+
+
+def test_two_cell_table_end_to_end_then_skipped_then_resumed(table, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "locallearn.cli", "reproduce", str(table), "--jobs", "2",
+                             "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "tiny.json").read_text())
+    (entry,) = summary["rows"][0]["cells"]
+    values = [100 * seed["value"] for seed in entry["seeds"]]
+    for seed, run_dir in zip(entry["seeds"], [out / "backprop" / "1-layer" / f"seed-{s}" for s in (0, 1)]):
+        last = [record for record in engine.read_metrics(run_dir) if record["kind"] == "epoch"][-1]
+        assert seed["value"] == last["test_error_at_best"] and seed["epochs"] == 1 and seed["wall_seconds"] > 0
+        assert engine.read_settings(run_dir).seed == seed["seed"]
+    assert entry["mean"] == pytest.approx(sum(values) / 2)
+    assert entry["sd"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert entry["paper"] == 5.0 and entry["gap"] == pytest.approx(entry["mean"] - 5.0)
+    table_text = (out / "tiny.md").read_text()
+    assert f"{entry['mean']:.2f} ± {entry['sd']:.2f} | 5.00 | {entry['gap']:+.2f}" in table_text
+    assert "made-up paper" in table_text and table_text in result.stdout
+
+    metrics = out / "backprop" / "1-layer" / "seed-0" / "metrics.jsonl"
+    written = metrics.stat().st_mtime_ns
+    markdown_path, _, failed = reproduce.reproduce(table, out, progress=False)  # all finished: nothing runs
+    assert not failed and metrics.stat().st_mtime_ns == written and markdown_path.read_text() == table_text
+
+    # A cell stopped before its first checkpoint (config.toml written, no epoch) is resumed.
+    cell = reproduce.plan(reproduce.load_table(table), tmp_path / "second")[0]
+    settings = engine.TrainSettings(**{key.replace("-", "_"): value for key, value in cell.settings.items()},
+                                    run_dir=str(cell.run_dir))
+    engine.start_run(settings, progress=False)
+    assert reproduce.epochs_done(cell) == 0 and not reproduce.is_finished(cell)
+    _, json_path, failed = reproduce.reproduce(table, tmp_path / "second", progress=False)
+    assert not failed and reproduce.is_finished(cell)  # a fresh start there would refuse the run directory
+    assert all(entry["seeds_finished"] == 2 for entry in json.loads(json_path.read_text())["rows"][0]["cells"])
+
+
+def test_markdown_says_when_a_cell_is_pending_or_a_quick_look():
+    summary = {"title": "T", "source": "", "report": "test_error", "seeds": [0, 1], "columns": ["c"],
+               "rows": [{"row": "r", "cells": [{"column": "c", "paper": 1.0, "mean": None, "sd": None, "gap": None,
+                                                "seeds_finished": 1, "seeds": [{"wall_seconds": 60.0}, {"wall_seconds": None}],
+                                                "epochs": 3}]}]}
+    text = reproduce.markdown(summary, quick_epochs=3)
+    assert "Quick look: 3 epoch(s) per cell" in text and "pending (1/2 seeds)" in text and "3 epochs, 1.0 min" in text
+
+
+def test_bad_tables_are_refused_naming_what_is_wrong(table, tmp_path):
+    table.write_text(TABLE.replace("paper = [5.0]", "paper = [5.0, 6.0]"))
+    with pytest.raises(ValueError, match="2 paper numbers for 1 columns"):
+        reproduce.load_table(table)
+    table.write_text(TABLE.replace("recipe.toml", "absent.toml"))
+    with pytest.raises(ValueError, match="absent.toml, which does not exist"):
+        reproduce.load_table(table)
+    table.write_text(TABLE.replace('report = "test_error_at_best"\n', ""))
+    with pytest.raises(ValueError, match="missing 'report'"):
+        reproduce.load_table(table)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "tables").glob("*.toml")), ids=lambda path: path.name)
+def test_shipped_tables_plan_cells_whose_settings_are_train_settings(path):
+    table = reproduce.load_table(path)
+    cells = reproduce.plan(table, Path("unused"))
+    assert len(cells) == len(table.rows) * len(table.columns) * len(table.seeds)
+    for cell in cells:
+        engine.TrainSettings(**{key.replace("-", "_"): value for key, value in cell.settings.items()})
