@@ -111,14 +111,15 @@ def slug(name: str) -> str:
 
 
 def plan(table: Table, out_dir: Path, epochs: int | None = None) -> list[Cell]:
-    """Every cell, with its settings: the row's recipe, then the table's, the column's and the
-    row's own settings, the seed and, for a quick look, ``epochs``."""
+    """Every cell, column by column (a stopped reproduction has whole columns first), with
+    its settings: the row's recipe, then the table's, the column's and the row's own
+    settings, the seed and, for a quick look, ``epochs``."""
     cells = []
-    for row in table.rows:
-        recipe = config.load_toml(row.recipe)
-        for column in table.columns:
+    recipes = {row.name: config.load_toml(row.recipe) for row in table.rows}
+    for column in table.columns:
+        for row in table.rows:
             for seed in table.seeds:
-                settings = {**recipe, **table.settings, **column.settings, **row.settings, "seed": seed,
+                settings = {**recipes[row.name], **table.settings, **column.settings, **row.settings, "seed": seed,
                             **({"epochs": epochs} if epochs is not None else {})}
                 run_dir = out_dir / slug(row.name) / slug(column.name) / f"seed-{seed}"
                 cells.append(Cell(row.name, column.name, seed, settings, run_dir))
