@@ -90,6 +90,8 @@ def test_markdown_says_when_a_cell_is_pending_or_a_quick_look():
 
 
 def test_bad_tables_are_refused_naming_what_is_wrong(table, tmp_path):
+    with pytest.raises(ValueError, match=r"no rows \['LRA-E'\]"):
+        reproduce.reproduce(table, tmp_path / "out", rows=["LRA-E"], progress=False)
     table.write_text(TABLE.replace("paper = [5.0]", "paper = [5.0, 6.0]"))
     with pytest.raises(ValueError, match="2 paper numbers for 1 columns"):
         reproduce.load_table(table)

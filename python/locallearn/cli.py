@@ -102,7 +102,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     try:
         markdown_path, json_path, failed = reproduce(args.table, args.out, jobs=args.jobs, epochs=args.epochs,
-                                                     progress=not args.no_progress)
+                                                     rows=args.rows, progress=not args.no_progress)
     except ValueError as error:
         print(f"locallearn reproduce: error: {error}", file=sys.stderr)
         return 2
@@ -168,6 +168,8 @@ def _add_reproduce_parser(commands) -> None:
     reproduce.add_argument("--out", help="directory of the cells' runs and the table (default: runs/tables/TABLE)")
     reproduce.add_argument("--epochs", type=int, help="a quick look: every cell trains this many epochs, in a "
                                                        "directory of its own, and the table says so")
+    reproduce.add_argument("--rows", nargs="+", metavar="ROW", help="train only these rows' cells (the table "
+                                                                      "still shows every row)")
     reproduce.add_argument("--no-progress", action="store_true", help="no progress bar")
     reproduce.set_defaults(run=_reproduce)
 

@@ -230,21 +230,26 @@ def markdown(summary: dict, quick_epochs: int | None) -> str:
 
 
 def reproduce(table_path: str | Path, out_dir: str | Path | None = None, *, jobs: int = 1,
-              epochs: int | None = None, progress: bool = True) -> tuple[Path, Path, list[Cell]]:
-    """Run every unfinished cell of the table (``jobs`` at a time), then write
-    ``<out_dir>/<table>.md`` and ``.json``; returns their paths and the cells that failed."""
+              epochs: int | None = None, rows: list[str] | None = None,
+              progress: bool = True) -> tuple[Path, Path, list[Cell]]:
+    """Run every unfinished cell of the table (``jobs`` at a time; only those of ``rows``
+    when given, the others stay as they are), then write ``<out_dir>/<table>.md`` and
+    ``.json``; returns their paths and the cells that failed."""
     table = load_table(table_path)
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    unknown = sorted(set(rows or ()) - {row.name for row in table.rows})
+    if unknown:
+        raise ValueError(f"table {table.path} has no rows {unknown}; its rows: {[row.name for row in table.rows]}")
     out_dir = Path(out_dir) if out_dir else Path("runs") / "tables" / table.path.stem
     if epochs is not None:
         out_dir = out_dir / f"quick-{epochs}-epochs"
     cells = plan(table, out_dir, epochs)
-    todo = [cell for cell in cells if not is_finished(cell)]
+    todo = [cell for cell in cells if not is_finished(cell) and (rows is None or cell.row in rows)]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool, \
-            tqdm(total=len(cells), initial=len(cells) - len(todo), desc=table.path.stem, disable=not progress) as bar:
+            tqdm(total=len(todo), desc=table.path.stem, disable=not progress) as bar:
         for future in concurrent.futures.as_completed([pool.submit(run_cell, cell, threads) for cell in todo]):
             cell, status = future.result()
             bar.update()
