@@ -259,24 +259,36 @@ def test_logits_shape_for_any_class_count(name, num_classes):
 
 
 def test_seed001_cnn_layout_and_parameter_counts():
-    """Seed 001 §3.1's 14-layer CNN: 4 × conv 3×3×32, 4 × conv 3×3×64 ('same' padding; the
-    4th and 8th with stride 2, an assumption), fc1280, 4 × fc256, fc10; on 1×28×28 the
-    convs leave 64×7×7. The matched baseline only adds fully-connected layers."""
+    """Seed 001's CNN as its authors built it: 4 × conv 3×3×32, 4 × conv 3×3×64 ('same'
+    padding; the 4th and 8th with stride 2), which leave 64×7×7 on 1×28×28; under AL these are
+    all the forward functions. The backprop baseline is §3.1's 14-layer CNN: the same
+    convolutions, fc1280, 4 × fc256, fc10."""
     model = meta_model("cnn-seed001", (1, 28, 28), 10, batch_norm=False, width_multiplier=2)  # fixed widths
-    convs, fcs = model.blocks[:8], model.blocks[8:]
-    assert [(b.layer.out_channels, b.layer.kernel_size, b.layer.stride, b.layer.padding) for b in convs] == [
+    assert [(b.layer.out_channels, b.layer.kernel_size, b.layer.stride, b.layer.padding) for b in model.blocks] == [
         (c, (3, 3), (s, s), (1, 1)) for c, s in [(32, 1)] * 3 + [(32, 2)] + [(64, 1)] * 3 + [(64, 2)]]
     assert all(isinstance(b.pool, nn.Identity) for b in model.blocks)
-    assert [b.layer.out_features for b in fcs] == [1280, 256, 256, 256, 256]
     assert model.block_shapes[3] == (32, 14, 14) and model.block_shapes[7] == (64, 7, 7)
-    assert fcs[0].layer.in_features == 3136 and model.output.layer.out_features == 10
-    assert len(model.blocks) + 1 == 14
     conv_count = 9 * 32 + 32 + 3 * (9 * 32 * 32 + 32) + 9 * 32 * 64 + 64 + 3 * (9 * 64 * 64 + 64)
-    sizes = [3136, 1280, 256, 256, 256, 256, 10]
-    assert parameter_count(model) == conv_count + sum(a * b + b for a, b in zip(sizes, sizes[1:])) == 4_700_586
+    assert parameter_count(model) == conv_count + 3136 * 10 + 10
     matched = meta_model("cnn-seed001-matched", (1, 28, 28), 10, batch_norm=False)
-    assert [b.layer.out_features for b in matched.blocks[8:]] == [1280, *[256] * 24, 252]
-    assert parameter_count(matched) == 6_081_150
+    convs, fcs = matched.blocks[:8], matched.blocks[8:]
+    assert [b.layer.out_channels for b in convs] == [b.layer.out_channels for b in model.blocks]
+    assert [b.layer.out_features for b in fcs] == [1280, 256, 256, 256, 256]
+    assert fcs[0].layer.in_features == 3136 and matched.output.layer.out_features == 10
+    assert len(matched.blocks) + 1 == 14
+    sizes = [3136, 1280, 256, 256, 256, 256, 10]
+    assert parameter_count(matched) == conv_count + sum(a * b + b for a, b in zip(sizes, sizes[1:])) == 4_700_586
+
+
+def test_seed001_mlp_layout_and_parameter_counts():
+    """Seed 001's MLP as its authors built it for AL: two layers of 1024 (the forward
+    functions); its backprop baseline §3.1's 1024-1024-5120-1024-1024-10."""
+    model = meta_model("mlp-seed001", (1, 28, 28), 10, batch_norm=False, depth=7, width=5)  # fixed widths
+    assert [b.layer.out_features for b in model.blocks] == [1024, 1024]
+    matched = meta_model("mlp-seed001-matched", (1, 28, 28), 10, batch_norm=False)
+    assert [b.layer.out_features for b in matched.blocks] == [1024, 1024, 5120, 1024, 1024]
+    sizes = [784, 1024, 1024, 5120, 1024, 1024, 10]
+    assert parameter_count(matched) == sum(a * b + b for a, b in zip(sizes, sizes[1:])) == 13_405_194
 
 
 # ---------------------------------------------------------------- bad input

@@ -106,12 +106,16 @@ class TrainSettings:
     lra_loss: str | None = _option(None, "lra-e: local loss (default gaussian)", choices=("gaussian", "cauchy"))
     lra_error_std: float | None = _option(None, "lra-e: initial std of the error weights (default √0.05)",
                                           type=float)
+    al_blocks_per_component: int | None = _option(None, "al: consecutive hidden blocks per component (default: "
+                                                        "one, or a ResNet's stage)", type=int)
     al_bridge_depth: int | None = _option(None, "al: sigmoid layers of each bridge bᵢ (default 1; 0: none, "
                                                 "eq. (3))", type=int)
     al_bridge_width: int | None = _option(None, "al: hidden width of deeper bridges (default: the target "
                                                 "width)", type=int)
     al_target_width: int | None = _option(None, "al: width of every target tᵢ (default: that of sᵢ for linear "
                                                 "blocks, 256 for conv blocks)", type=int)
+    al_inverse_lr_factor: float | None = _option(None, "al: rate of the target encoders and decoders relative to "
+                                                       "--lr (default 2, the authors' code)", type=float)
     eqprop_beta: float | None = _option(None, "eqprop: β of the weakly clamped phase (default 1.0)", type=float)
     eqprop_free_steps: int | None = _option(None, "eqprop: settling steps of the free phase (default 500)",
                                             type=int)

@@ -1,6 +1,6 @@
 """Fully-connected networks: depth × width hidden layers (seed 004 §4: 3×1024;
-seed 002 and 003: 3/5/8 × 256 tanh), seed 001's MLP and its parameter-matched
-backprop baseline, and seed 003's autoencoder."""
+seed 002 and 003: 3/5/8 × 256 tanh), seed 001's MLP for AL and its backprop baseline
+(AL's effective path), and seed 003's autoencoder."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ AUTOENCODER_WIDTHS = (512, 64, 512)
 """Seed 003 §5.5: 28×28 − 512 − 64 − 512 − 28×28."""
 
 SEED001_WIDTHS = {
-    # Seed 001 §3.1: the 6-layer MLP's hidden layers (the sixth is the 10 classes).
-    "mlp-seed001": (1024, 1024, 5120, 1024, 1024),
-    # §3: the backprop baseline gets more layers until it has as many parameters as AL's
-    # effective ones on 28×28 inputs and 10 classes (27,045,898 with one-layer bridges):
-    # 12 more of 1024 and one of 1020 give 27,045,854
-    # (locallearn.rules.associated.matched_backprop_widths; a test keeps them equal).
-    "mlp-seed001-matched": (1024, 1024, 5120, 1024, 1024) + (1024,) * 12 + (1020,),
+    # Seed 001's MLP as its authors built it for AL (SamYWK/Associated_Learning, MNIST/models.py,
+    # MLP_AL): two components, each one layer of 1024 ELU units (f₁, f₂), whose two-layer
+    # sigmoid bridges (5120 then 1024) and targets live in the rule (al-bridge-depth = 2,
+    # al-bridge-width = 5120).
+    "mlp-seed001": (1024, 1024),
+    # Seed 001 §3.1's "1024, 1024, 5120, 1024, 1024, and 10", the backprop baseline (the
+    # authors' MLP): AL's effective path f₁, f₂, b₂ (5120, 1024), h₂ (1024), h₁ (10), so it has
+    # exactly AL's effective parameters (§3: "identical parameters"), 13,405,194 on 28×28 inputs.
+    "mlp-seed001-matched": (1024, 1024, 5120, 1024, 1024),
 }
 
 

@@ -18,13 +18,18 @@ The hidden blocks fall into groups: the first conv, then one group per stage
 (``Network.block_groups``). Block-wise rules that train groups (Associated Learning)
 make one component of each, as seed 001's authors did in their public code
 (SamYWK/Associated_Learning, CIFAR10/models.py, ``ResNet_AL``: four components, the
-first convolution and then one per stage).
+first convolution and then one per stage, each with a two-layer sigmoid bridge from its
+flattened map to 1500 then 300 units, a 300-wide target).
 
 ``resnet20-matched`` and ``resnet32-matched`` are seed 001 §3's backprop baselines
 ("we added extra layers to ResNet-20, ResNet-32 and VGG when using backpropagation"):
-the residual blocks, then fully-connected layers from the flattened last stage (as AL's
-last bridge reads it) in place of the pooled output, sized so that the count equals
-AL's effective count (see :data:`MATCHED_FC`).
+AL's effective path with those bridges (eq. (7)): the residual blocks, then from the
+flattened last stage (as AL's last bridge reads it) fully-connected layers of 1500 and
+300 (the last bridge b₄) and 3 × 300 (the decoders h₄, h₃, h₂) and the output (h₁), in
+place of the pooled output (see :data:`MATCHED_FC`). The authors' own baseline
+(CIFAR10/models.py, ``ResNet``) has the same fully-connected widths after global average
+pooling (64 inputs instead of 4096: 6,048,000 weights fewer than AL's last bridge); we keep AL's
+input to them (§3: "identical parameters", up to batch norm's second parameter per unit).
 """
 
 from __future__ import annotations
@@ -36,20 +41,12 @@ BLOCKS_PER_STAGE = {"resnet20": 3, "resnet32": 5}
 STAGE_WIDTHS = (16, 32, 64)
 STEM_WIDTH = 16
 
-MATCHED_FC_WIDTH = 256
-"""Width of the matched baselines' extra fully-connected layers: that of AL's default targets
-(:data:`locallearn.rules.associated.CONV_TARGET_WIDTH`), so that they mirror AL's prediction
-path b_K, h_K … h₁ (seed 001 eq. (7))."""
-
 MATCHED_FC: dict[str, tuple[int, ...]] = {
-    # AL (one-layer bridges, 256-wide targets) on 3×32×32 and 10 classes has 1,517,850 effective
-    # parameters on resnet20 and 1,712,282 on resnet32: the residual blocks plus 1,248,778 for
-    # b_K (4096 → 256) and h₄ … h₁. The baselines swap the pooled fc for fc256 × 3 and fc252 from
-    # the flattened 64×8×8 last stage (batch norm, no bias) and the output: 1,517,802 and
-    # 1,712,234 parameters (locallearn.rules.associated.seed001_resnet_parameter_counts; a
-    # test keeps these widths equal to what it computes).
-    "resnet20-matched": (256, 256, 256, 252),
-    "resnet32-matched": (256, 256, 256, 252),
+    # AL's last bridge (1500, 300) and decoders h₄, h₃, h₂ (300); h₁ is the output layer. With
+    # batch norm (2 parameters per unit instead of a bias) the baselines have 2,700 parameters more
+    # than AL's effective ones: 7,141,482 against 7,138,782 (resnet20) on 3×32×32 and 10 classes.
+    "resnet20-matched": (1500, 300, 300, 300, 300),
+    "resnet32-matched": (1500, 300, 300, 300, 300),
 }
 """Hidden fully-connected widths of the matched backprop baselines."""
 

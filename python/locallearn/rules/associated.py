@@ -1,13 +1,15 @@
 """Associated Learning, AL (seed 001 §2, eqs. (1)–(7)).
 
-The network is split into components i = 1..K, one per group of hidden blocks
-(``Network.block_groups``): one per hidden block of an MLP or of a CNN whose
-convolutional blocks precede its fully-connected ones, and for the CIFAR ResNets
-(resnet20, resnet32) the first convolution, then one component per stage of residual
-blocks, as seed 001's authors split them (SamYWK/Associated_Learning,
-CIFAR10/models.py, ``ResNet_AL``: four components, a bridge after each stage):
+The network is split into components i = 1..K, each a run of consecutive hidden blocks:
+by default the Network's own groups (``Network.block_groups``: one per hidden block, and
+for the CIFAR ResNets the first convolution, then one per stage, as the authors'
+``ResNet_AL``), or, with ``al_blocks_per_component = k``, k blocks each. Seed 001's
+authors (SamYWK/Associated_Learning, MNIST/models.py) make their MLP two components of
+one 1024-unit layer (``MLP_AL``) and their CNN four components of two convolutions
+(``CNN_AL``), each with a two-layer sigmoid bridge (5 × the target width, then the target
+width: ``al_loss``); the seed 001 recipes in configs/ set those values.
 
-- forward function sᵢ = fᵢ(sᵢ₋₁), s₀ = x (eq. (1)): the Network's hidden blocks of group i
+- forward function sᵢ = fᵢ(sᵢ₋₁), s₀ = x (eq. (1)): the component's hidden blocks
   composed (with their pooling, if any), the input detached, so that no gradient crosses
   a component boundary; for conv and residual blocks sᵢ is a (C, H, W) feature map. Batch
   norm inside fᵢ is allowed: it normalises sᵢ₋₁'s batch within the component and adds no
@@ -22,17 +24,17 @@ Targets are vectors for every component (gᵢ, hᵢ are linear + sigmoid between
 spaces). The width of tᵢ is ``al_target_width`` when set, for every component; otherwise
 a linear component's is its sᵢ's width, and a conv component's is
 :data:`CONV_TARGET_WIDTH` (256) when it has a bridge, or C·H·W without one (eq. (3)).
-The paper gives no target width; 256 is that of the CNN's trailing fully-connected layers
-(§3.1) and of the targets in the authors' public CNN code, and it keeps the target
-autoencoders small, where C·H·W (25,088 for 32×28×28) would not. The bridge is what maps
-the large flattened map down to it: §2.3 introduces bridges "especially for
-convolutional neural networks".
+The paper gives no target width; 256 is that of the targets in the authors' CNN code
+(their ResNets use 300), and it keeps the target autoencoders small, where C·H·W (25,088
+for 32×28×28) would not. The bridge is what maps the large flattened map down to it:
+§2.3 introduces bridges "especially for convolutional neural networks".
 
 Component i descends two local losses (§2.4: "fᵢs and bᵢs minimize the forward loss,
 gᵢs and hᵢs minimize the inverse loss"):
 
 - forward loss ‖bᵢ(sᵢ) − tᵢ‖² (eq. (6)), summed over units and averaged over the batch,
-  with tᵢ detached: it trains fᵢ and bᵢ only;
+  with tᵢ detached: it trains fᵢ and bᵢ only (the authors' code takes the mean over units
+  too, which Adam's per-parameter scaling makes immaterial);
 - inverse loss MSE(hᵢ(gᵢ(tᵢ₋₁)), tᵢ₋₁) (eq. (5)) with tᵢ₋₁ detached: it trains gᵢ and hᵢ only.
 
 Every loss therefore reaches one component's parameters, and one backward of their sum
@@ -45,33 +47,35 @@ not the predictions (§2.4).
 
 Seed 001 §3 uses ELU for the fᵢ (the hidden blocks' activation, set when the model is
 built: ``--activation elu``), sigmoid for gᵢ, hᵢ, bᵢ, He-normal initialisation of every
-weight (``--init he`` for the fᵢ; AL's own layers always) and Adam, no batch norm or
-dropout in its MLP and CNN (build them with ``batch_norm=False``) and batch norm in its
-ResNets. AL refuses dropout here, and locally-connected blocks.
-Its MLP is the model ``mlp-seed001`` and its CNN ``cnn-seed001``; ``mlp-seed001-matched``
-and ``cnn-seed001-matched`` are the backprop baselines with as many parameters as AL's
-effective ones (§3, :func:`seed001_parameter_counts`, :func:`seed001_cnn_parameter_counts`).
+weight (``--init he`` for the fᵢ; AL's own layers always), Adam and batch 32 (the
+default batch size of ``locallearn train --rule al``), no batch norm or dropout in its
+MLP and CNN (build them with ``batch_norm=False``) and batch norm in its ResNets. AL
+refuses dropout here, and locally-connected blocks. Its MLP is the model ``mlp-seed001``
+and its CNN ``cnn-seed001``; their backprop baselines ``mlp-seed001-matched`` and
+``cnn-seed001-matched`` are AL's effective path as plain layers, with exactly AL's
+effective parameters under the authors' bridges (§3).
 """
 
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from locallearn.models import Network
-from locallearn.models.cnn import SEED001_CNN_CONVS, SEED001_CNN_FC, seed001_cnn
 from locallearn.models.init import initialize
-from locallearn.models.mlp import SEED001_WIDTHS, mlp
-from locallearn.models.resnet import MATCHED_FC_WIDTH, resnet
 from locallearn.models.tasks import at_least_float32
 from locallearn.rules.base import Rule
 
 CONV_TARGET_WIDTH = 256
 """Default width of a conv component's target tᵢ when it has a bridge (see the module docstring)."""
+
+INVERSE_LR_FACTOR = 2.0
+"""The rate of the gᵢ and hᵢ (the inverse loss, eq. (5)) relative to that of the fᵢ and bᵢ: 2
+in the authors' code (SamYWK/Associated_Learning, MNIST/main.py: ``inv_learning_rate: lr * 2``);
+the paper gives one rate."""
 
 
 class SigmoidLayers(nn.Sequential):
@@ -87,35 +91,6 @@ class SigmoidLayers(nn.Sequential):
             layer = nn.Linear(size_in, size_out)
             initialize(layer, "he")
             self.extend([layer, nn.Sigmoid()])
-
-
-def mlp_parameter_count(input_size: int, widths: tuple[int, ...], num_classes: int, *,
-                        batch_norm: bool = False) -> int:
-    """Weights and biases of a fully-connected network input → widths → num_classes; with
-    ``batch_norm`` every hidden layer has batch norm's 2 parameters per unit instead of a bias."""
-    per_unit = 2 if batch_norm else 1
-    sizes = [input_size, *widths]
-    hidden = sum(size_in * size_out + per_unit * size_out for size_in, size_out in zip(sizes, sizes[1:]))
-    return hidden + sizes[-1] * num_classes + num_classes
-
-
-def matched_backprop_widths(input_size: int, widths: tuple[int, ...], num_classes: int, target: int,
-                            extra_width: int = 1024, *, batch_norm: bool = False) -> tuple[int, ...]:
-    """Seed 001 §3: the backprop baseline gets extra hidden layers until its parameter count
-    equals AL's effective one (``target``). Layers of ``extra_width`` are appended while they
-    fit; a last layer, sized to come closest to ``target``, closes the gap."""
-    count = partial(mlp_parameter_count, input_size, num_classes=num_classes, batch_norm=batch_norm)
-    if count(widths) > target:
-        raise ValueError(f"the backprop MLP {widths} already has more than {target} parameters")
-    widths = tuple(widths)
-    while count((*widths, extra_width)) <= target:
-        widths = (*widths, extra_width)
-    previous = widths[-1] if widths else input_size
-    gap = target - count(widths)
-    # A last hidden layer of width w adds previous·w + u·w + w·num_classes − previous·num_classes,
-    # u the parameters per unit (a bias, or batch norm's two).
-    width = round((gap + previous * num_classes) / (previous + (2 if batch_norm else 1) + num_classes))
-    return (*widths, width) if width >= 1 else widths
 
 
 SPATIAL_KINDS = ("conv", "residual")
@@ -137,11 +112,32 @@ def require_splittable(model: Network) -> None:
         raise ValueError(f"AL's layers are plain (seed 001 §3), without dropout; build {model.name} with dropout=0")
 
 
-def component_output_shapes(model: Network) -> list[tuple[int, ...]]:
+def component_groups(model: Network, blocks_per_component: int | None) -> tuple[tuple[int, ...], ...]:
+    """The hidden blocks' indices of each component: the Network's own groups, or runs of
+    ``blocks_per_component`` consecutive blocks of a network whose blocks are ungrouped."""
+    if blocks_per_component is None:
+        return model.block_groups
+    if blocks_per_component < 1:
+        raise ValueError(f"al_blocks_per_component must be ≥ 1 (or unset: the network's own groups), "
+                         f"got {blocks_per_component}")
+    sizes = [len(group) for group in model.block_groups]
+    if max(sizes) > 1:
+        raise ValueError(f"{model.name} groups its hidden blocks itself, {tuple(sizes)} per group, one AL "
+                         f"component each (as the authors' ResNet_AL has one per stage); leave "
+                         f"al_blocks_per_component unset")
+    count = len(model.blocks)
+    if count % blocks_per_component:
+        raise ValueError(f"al_blocks_per_component={blocks_per_component} does not divide {model.name}'s "
+                         f"{count} hidden blocks into components")
+    return tuple(tuple(range(start, start + blocks_per_component))
+                 for start in range(0, count, blocks_per_component))
+
+
+def component_output_shapes(model: Network, groups: tuple[tuple[int, ...], ...]) -> list[tuple[int, ...]]:
     """The shape of every sᵢ = fᵢ(sᵢ₋₁) for one example: the features of the last block of
-    group i, pooled if it pools."""
+    component i, pooled if it pools."""
     shapes = []
-    for group in model.block_groups:
+    for group in groups:
         block, shape = model.blocks[group[-1]], model.block_shapes[group[-1]]
         if isinstance(block.pool, nn.MaxPool2d):
             shape = (shape[0], shape[1] // 2, shape[2] // 2)
@@ -155,17 +151,21 @@ class AssociatedLearning(Rule):
     name = "al"
 
     def __init__(self, model: Network, *, lr: float, optimizer: str = "adam", weight_decay: float = 0.0,
-                 amp: bool = False, al_bridge_depth: int = 1, al_bridge_width: int | None = None,
-                 al_target_width: int | None = None) -> None:
+                 amp: bool = False, al_blocks_per_component: int | None = None, al_bridge_depth: int = 1,
+                 al_bridge_width: int | None = None, al_target_width: int | None = None,
+                 al_inverse_lr_factor: float = INVERSE_LR_FACTOR) -> None:
         super().__init__(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay, amp=amp)
         require_splittable(model)
+        self.groups = component_groups(model, al_blocks_per_component)
         if al_bridge_depth < 0:
             raise ValueError(f"al_bridge_depth must be ≥ 0 (0: no bridge, eq. (3)), got {al_bridge_depth}")
         if al_bridge_width is not None and al_bridge_width < 1:
             raise ValueError(f"al_bridge_width must be ≥ 1 (or unset: the target width), got {al_bridge_width}")
         if al_target_width is not None and al_target_width < 1:
             raise ValueError(f"al_target_width must be ≥ 1 (or unset: each sᵢ's width), got {al_target_width}")
-        shapes = component_output_shapes(model)
+        if al_inverse_lr_factor <= 0:
+            raise ValueError(f"al_inverse_lr_factor must be positive, got {al_inverse_lr_factor}")
+        shapes = component_output_shapes(model, self.groups)
         feature_widths = [math.prod(shape) for shape in shapes]
         target_widths = [al_target_width or (CONV_TARGET_WIDTH if len(shape) > 1 and al_bridge_depth
                                              else width) for width, shape in zip(feature_widths, shapes)]
@@ -173,7 +173,6 @@ class AssociatedLearning(Rule):
             raise ValueError(f"without a bridge (al_bridge_depth=0) the forward loss ‖sᵢ − tᵢ‖² (eq. (3)) needs "
                              f"targets as wide as the (flattened) hidden layers {feature_widths}, got "
                              f"al_target_width={al_target_width}; leave it unset or use al_bridge_depth ≥ 1")
-        self.bridge_depth, self.bridge_width, self.target_width = al_bridge_depth, al_bridge_width, al_target_width
         sizes = [model.num_classes, *target_widths]
         self.encoders = nn.ModuleList(SigmoidLayers([sizes[i], sizes[i + 1]]) for i in range(len(feature_widths)))
         self.decoders = nn.ModuleList(SigmoidLayers([sizes[i + 1], sizes[i]]) for i in range(len(feature_widths)))
@@ -184,12 +183,15 @@ class AssociatedLearning(Rule):
             for width, target, shape in zip(feature_widths, target_widths, shapes))
         parameter = next(model.parameters())
         self.associated.to(device=parameter.device, dtype=parameter.dtype)
-        self.optimizer = self.make_optimizer([*self.forward_parameters(), *self.associated.parameters()])
+        self.optimizer = self.make_optimizer([
+            {"params": [*self.forward_parameters(), *self.bridges.parameters()]},
+            {"params": [*self.encoders.parameters(), *self.decoders.parameters()], "lr": lr * al_inverse_lr_factor},
+        ])
 
     @property
     def components(self) -> list[nn.Sequential]:
-        """The fᵢ: the Network's hidden blocks of group i, composed (the blocks themselves, not copies)."""
-        return [nn.Sequential(*(self.model.blocks[index] for index in group)) for group in self.model.block_groups]
+        """The fᵢ: the Network's hidden blocks of component i, composed (the blocks themselves, not copies)."""
+        return [nn.Sequential(*(self.model.blocks[index] for index in group)) for group in self.groups]
 
     @property
     def associated(self) -> nn.ModuleDict:
@@ -282,59 +284,6 @@ class AssociatedLearning(Rule):
         affiliated = sum(p.numel() for p in self.affiliated_parameters())
         return {"effective": effective, "affiliated": affiliated, "total": effective + affiliated,
                 "backprop": sum(p.numel() for p in self.model.parameters())}
-
-
-def seed001_parameter_counts(input_size: int = 28 * 28, num_classes: int = 10, *, bridge_depth: int = 1,
-                             bridge_width: int | None = None) -> dict[str, object]:
-    """Parameter counts of seed 001's MLP under AL (effective, affiliated) and the widths and
-    count of the backprop MLP enlarged to AL's effective count (§3), built on the meta device."""
-    widths = SEED001_WIDTHS["mlp-seed001"]
-    with torch.device("meta"):
-        model = mlp((input_size,), num_classes, widths=widths, activation="elu", batch_norm=False)
-        rule = AssociatedLearning(model, lr=1e-4, al_bridge_depth=bridge_depth, al_bridge_width=bridge_width)
-        counts = rule.parameter_counts()
-    widths = matched_backprop_widths(input_size, widths, num_classes, counts["effective"])
-    return {**counts, "backprop_matched_widths": widths,
-            "backprop_matched": mlp_parameter_count(input_size, widths, num_classes)}
-
-
-def seed001_cnn_parameter_counts(input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, *,
-                                 bridge_depth: int = 1, bridge_width: int | None = None) -> dict[str, object]:
-    """Parameter counts of seed 001's CNN (``cnn-seed001``) under AL (effective, affiliated)
-    and the fully-connected widths and count of the backprop CNN enlarged with fc256 layers
-    to AL's effective count (§3), built on the meta device."""
-    with torch.device("meta"):
-        model = seed001_cnn("cnn-seed001", input_shape, num_classes, activation="elu", batch_norm=False)
-        rule = AssociatedLearning(model, lr=1e-4, al_bridge_depth=bridge_depth, al_bridge_width=bridge_width)
-        counts = rule.parameter_counts()
-    convs = len(SEED001_CNN_CONVS)
-    conv_parameters = sum(p.numel() for block in model.blocks[:convs] for p in block.parameters())
-    flat = math.prod(component_output_shapes(model)[convs - 1])
-    widths = matched_backprop_widths(flat, SEED001_CNN_FC["cnn-seed001"], num_classes,
-                                     counts["effective"] - conv_parameters, extra_width=256)
-    return {**counts, "backprop_matched_fc_widths": widths,
-            "backprop_matched": conv_parameters + mlp_parameter_count(flat, widths, num_classes)}
-
-
-
-def seed001_resnet_parameter_counts(name: str = "resnet20", input_shape: tuple[int, int, int] = (3, 32, 32),
-                                    num_classes: int = 10, *, bridge_depth: int = 1,
-                                    bridge_width: int | None = None) -> dict[str, object]:
-    """Parameter counts of ResNet-20 or ResNet-32 (with batch norm) under AL (effective,
-    affiliated) and the fully-connected widths and count of the backprop baseline of §3:
-    the residual network whose pooled output is replaced by fully-connected layers of
-    :data:`~locallearn.models.resnet.MATCHED_FC_WIDTH` (batch norm, no bias) from the
-    flattened last stage, the last one sized to close the gap to AL's effective count."""
-    with torch.device("meta"):
-        model = resnet(name, input_shape, num_classes, activation="elu", batch_norm=True)
-        rule = AssociatedLearning(model, lr=1e-3, al_bridge_depth=bridge_depth, al_bridge_width=bridge_width)
-        counts = rule.parameter_counts()
-    block_parameters = sum(p.numel() for p in model.blocks.parameters())
-    flat = math.prod(component_output_shapes(model)[-1])
-    widths = matched_backprop_widths(flat, (), num_classes, counts["effective"] - block_parameters,
-                                     extra_width=MATCHED_FC_WIDTH, batch_norm=True)
-    return {**counts, "backprop_matched_fc_widths": widths,
-            "backprop_matched": block_parameters + mlp_parameter_count(flat, widths, num_classes, batch_norm=True)}
 
 
 RULES = {"al": AssociatedLearning}
