@@ -25,6 +25,7 @@ from locallearn.rules import (
     build_rule,
     default_activation,
     default_batch_norm,
+    default_batch_size,
     rule_options,
 )
 
@@ -53,7 +54,8 @@ class TrainSettings:
     input_scaling: str = _option("standardize", "inputs standardised per channel ('standardize') or pixel/255 in "
                                                 "[0, 1] ('unit', seed 002 §4)", choices=INPUT_SCALINGS)
     epochs: int = _option(10, "training epochs", type=int)
-    batch_size: int = _option(128, "examples per step (seed 004: 128)", type=int)
+    batch_size: int | None = _option(None, "examples per step (default 128, seed 004; 32 for al, seed 001 §3)",
+                                     type=int)
     lr: float = _option(5e-4, "Adam learning rate (seed 004: 5e-4)", type=float)
     lr_decay: float = _option(PAPER_DECAY, "learning-rate factor at each milestone", type=float)
     lr_milestones: tuple[float, ...] = _option(PAPER_MILESTONES, "fractions of training where the rate decays",
@@ -141,10 +143,11 @@ class TrainSettings:
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         activation = self.activation or default_activation(self.rule)
         batch_norm = default_batch_norm(self.rule) if self.batch_norm is None else self.batch_norm
+        batch_size = default_batch_size(self.rule) if self.batch_size is None else self.batch_size
         run_dir = self.run_dir or str(Path("runs") / "-".join(
             [self.data, self.model, self.rule, datetime.datetime.now().strftime("%Y%m%d-%H%M%S")]))
         return dataclasses.replace(self, device=device, activation=activation, batch_norm=batch_norm,
-                                   run_dir=run_dir)
+                                   batch_size=batch_size, run_dir=run_dir)
 
     def to_dict(self) -> dict:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}

@@ -65,9 +65,16 @@ def default_batch_norm(rule: str) -> bool:
     return rule not in PLAIN_LAYER_RULES
 
 
+def default_batch_size(rule: str) -> int:
+    """Examples per step unless told otherwise: seed 004's 128; seed 001 §3 trains AL at 32,
+    and at 128 its sigmoid target autoencoders are still on their initial plateau (h₁
+    predicting the class prior) after the 90 steps of ten epochs on digits."""
+    return 32 if rule == "al" else 128
+
+
 TANH_RULES = ("lra-e", "dtp", "dtp-sigma", "sdtp", "ao-sdtp")
 PLAIN_LAYER_RULES = ("lra-e", "ddtp", "dtp", "dtp-sigma", "sdtp", "ao-sdtp", "al", "eqprop")
 
 
 __all__ = ["OPTIMIZERS", "REGISTRY", "RULE_NAMES", "Backprop", "LocalLosses", "Rule", "build_rule",
-           "default_activation", "default_batch_norm", "rule_options"]
+           "default_activation", "default_batch_norm", "default_batch_size", "rule_options"]
