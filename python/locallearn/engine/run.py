@@ -102,11 +102,13 @@ class TrainSettings:
                                                   "'step' (default epoch)", choices=("epoch", "step"))
     lra_beta: float | None = _option(None, "lra-e: β of the target computation (default 0.1)", type=float)
     lra_gamma: float | None = _option(None, "lra-e: γ, the error weights' rate relative to the forward "
-                                            "weights' (default 0.1; 0 keeps them fixed)", type=float)
+                                            "weights' (default 1.0, as the authors' code; 0 keeps them fixed)",
+                                      type=float)
     lra_update_rule: int | None = _option(None, "lra-e: update rule 1 (with φ') or 2 (without) (default 1)",
                                           type=int, choices=(1, 2))
     lra_loss: str | None = _option(None, "lra-e: local loss (default gaussian)", choices=("gaussian", "cauchy"))
-    lra_error_std: float | None = _option(None, "lra-e: initial std of the error weights (default √0.05)",
+    lra_error_std: float | None = _option(None, "lra-e: initial std of the error weights (default 1.0, as the "
+                                                "authors' code)",
                                           type=float)
     al_blocks_per_component: int | None = _option(None, "al: consecutive hidden blocks per component (default: "
                                                         "one, or a ResNet's stage)", type=int)
