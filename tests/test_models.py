@@ -7,7 +7,7 @@ from helpers import meta_model, parameter_count
 from torch import nn
 from torch.nn import functional as F
 
-from locallearn.models import ACTIVATIONS, MODEL_NAMES, build_model, initialize
+from locallearn.models import ACTIVATIONS, MODEL_NAMES, BlockSpec, HiddenBlock, build_model, initialize
 
 # Seed 004 §4, verbatim.
 PAPER_LAYOUT = {
@@ -201,6 +201,34 @@ def test_block_is_layer_batchnorm_activation_dropout_pool():
     h = torch.rand(64, block.layer.out_channels, 8, 8) + 1
     dropped = (block.dropout(h) == 0).float().mean().item()
     assert 0.25 < dropped < 0.35
+
+
+def test_vgg_conv_blocks_drop_whole_channels():
+    """Seed 004 §4 puts dropout after every nonlinearity; the authors' code (anokland/local-loss
+    train.py at 7b3b40b) drops whole channels in conv blocks (l. 723, nn.Dropout2d) and single
+    values in linear blocks (l. 513, nn.Dropout): every feature map of a VGG conv block is kept
+    whole (scaled by 1/(1 − p)) or all zero, while the fc1024 block and the MLP drop values."""
+    torch.manual_seed(0)
+    p = 0.3
+    model = build_model("vgg11b", (3, 16, 16), 10, width_multiplier=0.125, dropout=p).train()
+    for index, block in enumerate(model.blocks[:-1]):
+        h = torch.rand(32, block.layer.out_channels, 4, 4) + 1
+        maps, expected = block.dropout(h).flatten(2), (h / (1 - p)).flatten(2)
+        dropped = (maps == 0).all(-1)
+        kept = torch.isclose(maps, expected).all(-1)
+        assert (dropped | kept).all(), f"block {index} dropped part of a feature map"
+        assert 0.2 < dropped.float().mean() < 0.4, f"block {index}"
+    mlp_block = build_model("mlp", (1, 8, 8), 10, width=256, dropout=p).train().blocks[0]
+    for block in (model.blocks[-1], mlp_block):
+        h = torch.rand(64, block.layer.out_features) + 1
+        dropped = block.dropout(h) == 0
+        assert 0.25 < dropped.float().mean() < 0.35
+        assert dropped.any(1).all() and not dropped.all(1).any()  # values, not whole examples
+
+
+def test_channel_dropout_needs_feature_maps():
+    with pytest.raises(ValueError, match="feature maps"):
+        HiddenBlock((16,), BlockSpec(8, kind="linear", channel_dropout=True), "relu", 0.1, True)
 
 
 # ---------------------------------------------------------------- shapes

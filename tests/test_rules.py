@@ -307,14 +307,34 @@ def test_pred_bio_predicts_bits_through_feedback_alignment(target_proj_size):
         assert type(heads["pred"].classifier) is nn.Linear and heads["pred"].classifier.out_features == 10
 
 
+@pytest.mark.parametrize("model_kind", ["vgg", "mlp"])
+@pytest.mark.parametrize("rule_name", SEED004_RULES)
+def test_heads_and_output_layer_start_as_in_the_authors_code(rule_name, model_kind):
+    """anokland/local-loss train.py (7b3b40b) zeroes every pred head's W (l. 499, 706; LinearFA's
+    bias too, l. 460) and, when local losses train, the output layer's weight (l. 1241, the
+    VGGs' classifier too); the sim heads' transforms (l. 503, 710), the feedback matrices
+    and backprop's output layer keep their random initialisation."""
+    rule = make_rule(rule_name, model_kind)
+    output = rule.model.output.layer.weight
+    assert torch.count_nonzero(output) == (output.numel() if rule_name == "backprop" else 0)
+    for heads in getattr(rule, "heads", []):
+        if "pred" in heads:
+            classifier = heads["pred"].classifier
+            assert torch.count_nonzero(classifier.weight) == 0
+            if rule_name.endswith("-bio"):
+                assert torch.count_nonzero(classifier.bias) == 0
+                assert torch.count_nonzero(classifier.feedback) == classifier.feedback.numel()
+        if "sim" in heads and not rule_name.endswith("-bio"):
+            transform = heads["sim"].transform.weight
+            assert torch.count_nonzero(transform) == transform.numel()
+
+
 @pytest.mark.parametrize("rule_name, reaches_block", [("pred", False), ("pred-bio", True)])
 def test_pred_bio_error_travels_through_feedback_matrix(rule_name, reaches_block, generator):
-    """With the local classifier's W at zero, Wᵀδ is zero: the pred block learns nothing
-    in the first step, the pred-bio block still learns through the feedback matrix B."""
+    """The local classifier's W starts at zero, so Wᵀδ is zero: the pred block learns
+    nothing in the first step, the pred-bio block still learns through the feedback matrix B."""
     rule = make_rule(rule_name, "mlp")
     classifier = rule.heads[0]["pred"].classifier
-    with torch.no_grad():
-        classifier.weight.zero_()
     layer = rule.model.blocks[0].layer
     weight_before = layer.weight.detach().clone()
     feedback_before = classifier.feedback.clone() if reaches_block else None

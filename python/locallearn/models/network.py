@@ -36,13 +36,16 @@ class BlockSpec:
     """One hidden block: a conv or locally-connected layer (kernel, stride, zero padding
     (kernel − 1) // 2, which keeps the size at stride 1) or a linear layer, followed by
     batch norm, the nonlinearity, dropout and optionally 2×2 max pooling; or (kind
-    "residual") a basic residual block of two such convolutions (:class:`ResidualBlock`)."""
+    "residual") a basic residual block of two such convolutions (:class:`ResidualBlock`).
+    ``channel_dropout`` (conv and locally-connected blocks) drops whole feature maps
+    (``nn.Dropout2d``) instead of single values."""
 
     width: int
     kind: str = "conv"  # one of BLOCK_KINDS
     kernel_size: int = 3
     stride: int = 1
     max_pool: bool = False
+    channel_dropout: bool = False
 
 
 def scale_width(width: int, multiplier: float) -> int:
@@ -86,7 +89,10 @@ class HiddenBlock(nn.Module):
         else:
             raise ValueError(f"block kind must be one of {', '.join(BLOCK_KINDS)}, got {spec.kind!r}")
         self.activation = make_activation(activation)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if spec.channel_dropout and spec.kind not in SPATIAL_KINDS:
+            raise ValueError(f"channel dropout drops feature maps; a {spec.kind} block has none")
+        dropout_class = nn.Dropout2d if spec.channel_dropout else nn.Dropout
+        self.dropout = dropout_class(dropout) if dropout > 0 else nn.Identity()
         self.pool = nn.MaxPool2d(2) if spec.max_pool else nn.Identity()
 
     def features(self, x: Tensor) -> Tensor:

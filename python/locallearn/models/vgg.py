@@ -1,6 +1,12 @@
 """VGG8B and VGG11B of seed 004 §4: 3×3 convolutions (stride 1, padding 1), 2×2 max
 pooling, one hidden fully-connected layer of 1024 and the output layer. The width
-multiplier scales every convolution (the paper's (2x) and (3x) variants)."""
+multiplier scales every convolution (the paper's (2x) and (3x) variants).
+
+§4 applies dropout "after each non-linearity" without saying which kind; the authors'
+code (anokland/local-loss, train.py at 7b3b40b) drops whole channels in its conv blocks
+(``LocalLossBlockConv``, l. 723: ``nn.Dropout2d``) and single values in its linear ones
+(``LocalLossBlockLinear``, l. 513: ``nn.Dropout``), so the conv blocks here use channel
+dropout and the fc1024 block element dropout."""
 
 from __future__ import annotations
 
@@ -24,9 +30,9 @@ def vgg(name: str, input_shape: tuple[int, ...], num_classes: int, *, width_mult
     specs: list[BlockSpec] = []
     for entry in LAYOUTS[name]:
         if entry == POOL:
-            specs[-1] = BlockSpec(specs[-1].width, max_pool=True)
+            specs[-1] = BlockSpec(specs[-1].width, max_pool=True, channel_dropout=True)
         else:
-            specs.append(BlockSpec(scale_width(entry, width_multiplier)))
+            specs.append(BlockSpec(scale_width(entry, width_multiplier), channel_dropout=True))
     specs.append(BlockSpec(HIDDEN_FC, kind="linear"))
     label = name if width_multiplier == 1 else f"{name}({width_multiplier:g}x)"
     return Network(label, input_shape, num_classes, specs, activation=activation, dropout=dropout,

@@ -45,7 +45,12 @@ class PredictionHead(nn.Module):
     """The pred loss's local classifier W of seed 004 eq. (6): for conv features,
     average pooling to about ``dim_in_decoder`` values, then flatten and a linear
     layer. With ``feedback_alignment`` (pred-bio, §3.3) the error reaches the block
-    through a fixed random matrix instead of Wᵀ."""
+    through a fixed random matrix instead of Wᵀ.
+
+    W starts at zero, as in the authors' code (anokland/local-loss, train.py at 7b3b40b,
+    l. 499 and 706: ``decoder_y.weight.data.zero_()``), so a block's first update
+    carries no pred error (Wᵀδ = 0). The bias keeps nn.Linear's initialisation there,
+    except under feedback alignment, whose ``LinearFA`` zeroes it (l. 460)."""
 
     def __init__(self, feature_shape: tuple[int, ...], num_outputs: int, dim_in_decoder: int,
                  feedback_alignment: bool = False) -> None:
@@ -62,6 +67,9 @@ class PredictionHead(nn.Module):
             in_features = feature_shape[0]
         linear = LinearFeedbackAlignment if feedback_alignment else nn.Linear
         self.classifier = linear(in_features, num_outputs)
+        nn.init.zeros_(self.classifier.weight)
+        if feedback_alignment:
+            nn.init.zeros_(self.classifier.bias)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.classifier(self.pool(h).flatten(1))
@@ -72,7 +80,8 @@ class SimilarityHead(nn.Module):
     similarity op then takes each channel's standard deviation over space) or a
     linear layer. ``learned=False`` is sim-bio (§3.3): average pooling to about
     ``dim_in_decoder`` values (conv) or nothing (linear), so no backward pass
-    through a head is needed."""
+    through a head is needed. Unlike the pred head, the learned transform keeps
+    PyTorch's initialisation, as in the authors' code (train.py l. 503 and 710)."""
 
     def __init__(self, feature_shape: tuple[int, ...], learned: bool = True, dim_in_decoder: int = 2048) -> None:
         super().__init__()

@@ -15,6 +15,12 @@ graph is detached between blocks (§4), so no error crosses a block boundary:
 
 The output layer learns from the output cross-entropy, scaled by (1 − β) for the
 predsim variants as in the paper's code.
+
+Initialisation follows the authors' code (anokland/local-loss, train.py at 7b3b40b):
+the pred heads' W start at zero (:class:`~locallearn.nn.PredictionHead`), and so does
+the output layer's weight whenever local losses train the network (l. 1241,
+``Net.layer_out``, which is also the VGGs' classifier, l. 1307; l. 1014 and 1158 for
+its ResNets); its bias keeps its initialisation. Backprop's output layer is not zeroed.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class LocalLosses(Rule):
             raise ValueError(f"rule {name!r} trains hidden blocks and {model.name} has none")
         self.name = name
         self.bio = name.endswith("-bio")
+        with torch.no_grad():
+            model.output.layer.weight.zero_()  # see the module docstring
         self.uses_pred, self.uses_sim = self.beta < 1, self.beta > 0
         num_classes = model.num_classes
         self.target_projection = TargetProjection(num_classes, target_proj_size, seed) if self.bio else None
