@@ -3,6 +3,7 @@ run; finished cells are skipped, interrupted ones resumed; the table is written 
 paper's numbers beside ours; and the shipped tables name recipes that build."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,14 @@ def test_two_cell_table_end_to_end_then_skipped_then_resumed(table, tmp_path):
     written = metrics.stat().st_mtime_ns
     markdown_path, _, failed = reproduce.reproduce(table, out, progress=False)  # all finished: nothing runs
     assert not failed and metrics.stat().st_mtime_ns == written and markdown_path.read_text() == table_text
+
+    # Only the small files kept (results/.gitignore's selection): still finished, same table.
+    kept = tmp_path / "kept"
+    shutil.copytree(out, kept, ignore=shutil.ignore_patterns("metrics.jsonl", "train.log", "checkpoints"))
+    assert not list(kept.rglob("metrics.jsonl")) and len(list(kept.rglob(reproduce.CELL_EPOCHS))) == 2
+    markdown_path, _, failed = reproduce.reproduce(table, kept, progress=False)
+    assert not failed and not list(kept.rglob("metrics.jsonl"))  # nothing ran
+    assert markdown_path.read_text() == table_text
 
     # A cell stopped before its first checkpoint (config.toml written, no epoch) is resumed.
     cell = reproduce.plan(reproduce.load_table(table), tmp_path / "second")[0]

@@ -4,6 +4,12 @@ finished cells are skipped and interrupted ones resumed, so a stopped reproducti
 at most the epochs after each run's last checkpoint. The table is written as Markdown
 and JSON: mean ± sd over seeds beside the paper's number, the gap, epochs and wall time.
 
+Each cell also keeps its epoch records in a small ``epochs.jsonl``, which is all a
+finished cell needs to be counted: an output folder whose run files (metrics.jsonl,
+checkpoints) are left behind, such as one kept in version control with only its small
+files, regenerates the table without rerunning what it holds (``results/`` in this
+repository, whose .gitignore keeps exactly those).
+
 A table file (TOML; paths relative to it)::
 
     title = "Seed 002 Table 2: Fashion-MNIST test error (%)"
@@ -42,6 +48,7 @@ from locallearn.engine.metrics import read_metrics
 CELL_CONFIG = "cell.toml"
 CELL_LOG = "train.log"
 CELL_WALL = "wall_seconds.json"
+CELL_EPOCHS = "epochs.jsonl"
 
 
 @dataclass(frozen=True)
@@ -126,11 +133,26 @@ def plan(table: Table, out_dir: Path, epochs: int | None = None) -> list[Cell]:
     return cells
 
 
+def epoch_records(cell: Cell) -> list[dict]:
+    """The cell's epoch records: from its run's metrics.jsonl, or, where the run files are
+    not there, from the epochs.jsonl kept beside them; none before its first epoch."""
+    if (cell.run_dir / "metrics.jsonl").is_file():
+        return [record for record in read_metrics(cell.run_dir) if record["kind"] == "epoch"]
+    if (cell.run_dir / CELL_EPOCHS).is_file():
+        lines = (cell.run_dir / CELL_EPOCHS).read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    return []
+
+
 def epochs_done(cell: Cell) -> int:
     """Epochs the cell's run has logged (0 before its first)."""
-    if not (cell.run_dir / "metrics.jsonl").is_file():
-        return 0
-    return max((record["epoch"] for record in read_metrics(cell.run_dir) if record["kind"] == "epoch"), default=0)
+    return max((record["epoch"] for record in epoch_records(cell)), default=0)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)  # a kill leaves the old file or the new one
 
 
 def is_finished(cell: Cell) -> bool:
@@ -154,9 +176,8 @@ def run_cell(cell: Cell, threads: int) -> tuple[Cell, int]:
                                    stdout=log, stderr=subprocess.STDOUT, env=environment)
     wall = cell.run_dir / CELL_WALL
     spent = json.loads(wall.read_text())["seconds"] if wall.is_file() else 0.0
-    temporary = wall.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"seconds": spent + time.monotonic() - started}), encoding="utf-8")
-    os.replace(temporary, wall)  # a kill leaves the old total or the new one
+    write_atomically(wall, json.dumps({"seconds": spent + time.monotonic() - started}))
+    write_atomically(cell.run_dir / CELL_EPOCHS, "".join(json.dumps(record) + "\n" for record in epoch_records(cell)))
     return cell, completed.returncode
 
 
@@ -167,7 +188,7 @@ def cell_result(cell: Cell, report: str) -> dict:
               "wall_seconds": json.loads(wall.read_text())["seconds"] if wall.is_file() else None, "value": None}
     if result["epochs"] == 0:
         return result
-    last = [record for record in read_metrics(cell.run_dir) if record["kind"] == "epoch"][-1]
+    last = epoch_records(cell)[-1]
     if report not in last:
         raise ValueError(f"{cell.run_dir}: its epoch records have no {report!r} (does the table set validation?)")
     result["value"] = last[report]
