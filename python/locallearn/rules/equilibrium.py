@@ -108,12 +108,12 @@ class EquilibriumPropagation(Rule):
         target = None if beta == 0 else self._one_hot(y, states[-1])
         weights = [layer.weight for layer in self.layers]
         biases = [layer.bias for layer in self.layers]
+        input_drive = F.linear(x, weights[0], biases[0])  # the clamped input's drive, the same every step
         for _ in range(steps):
             rhos = [hard_sigmoid(state) for state in states]
             updated = []
             for index, state in enumerate(states):
-                below = x if index == 0 else rhos[index - 1]
-                drive = F.linear(below, weights[index], biases[index])
+                drive = input_drive if index == 0 else F.linear(rhos[index - 1], weights[index], biases[index])
                 if index + 1 < len(states):
                     drive = drive + rhos[index + 1] @ weights[index + 1]
                 gradient = state - drive  # ∂E/∂sᵢ with ρ' = 1 inside the box
