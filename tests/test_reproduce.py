@@ -96,6 +96,13 @@ def test_markdown_says_when_a_cell_is_pending_or_a_quick_look():
                                                 "epochs": 3}]}]}
     text = reproduce.markdown(summary, quick_epochs=3)
     assert "Quick look: 3 epoch(s) per cell" in text and "pending (1/2 seeds)" in text and "3 epochs, 1.0 min" in text
+    summary["rows"][0]["cells"][0]["seeds"][0]["wall_seconds"] = None
+    assert "c: 3 epochs, not run yet" in reproduce.markdown(summary, quick_epochs=None)
+    longer = {**summary["rows"][0], "row": "longer", "cells": [{**summary["rows"][0]["cells"][0], "epochs": 100}]}
+    summary["rows"].append(longer)  # a row that trains fewer epochs than the others says so in its cells
+    lines = reproduce.markdown(summary, quick_epochs=None).splitlines()
+    assert "(**3 epochs**)" in next(line for line in lines if line.startswith("| r |"))
+    assert "epochs**" not in next(line for line in lines if line.startswith("| longer |"))
 
 
 def test_bad_tables_are_refused_naming_what_is_wrong(table, tmp_path):

@@ -165,7 +165,7 @@ def _add_reproduce_parser(commands) -> None:
                                                       "configs/tables/) and print ours beside the paper's numbers")
     reproduce.add_argument("table", metavar="TABLE", help="a table file, e.g. configs/tables/seed002-table2.toml")
     reproduce.add_argument("--jobs", type=int, default=1, help="cells trained at once (default: 1)")
-    reproduce.add_argument("--out", help="directory of the cells' runs and the table (default: runs/tables/TABLE)")
+    reproduce.add_argument("--out", help="directory of the cells' runs and the table (default: results/TABLE)")
     reproduce.add_argument("--epochs", type=int, help="a quick look: every cell trains this many epochs, in a "
                                                        "directory of its own, and the table says so")
     reproduce.add_argument("--rows", nargs="+", metavar="ROW", help="train only these rows' cells (the table "

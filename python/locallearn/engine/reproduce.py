@@ -225,6 +225,7 @@ def markdown(summary: dict, quick_epochs: int | None) -> str:
     if quick_epochs is not None:
         lines += [f"**Quick look: {quick_epochs} epoch(s) per cell (`--epochs {quick_epochs}`), not the recipes' "
                   "epochs: not comparable with the paper.**", ""]
+    most_epochs = max(entry["epochs"] for row in summary["rows"] for entry in row["cells"])
     header = "| | " + " | ".join(f"{name}: ours | paper | gap" for name in summary["columns"]) + " |"
     lines += [header, "|---" * (1 + 3 * len(summary["columns"])) + "|"]
     for row in summary["rows"]:
@@ -236,6 +237,8 @@ def markdown(summary: dict, quick_epochs: int | None) -> str:
                 ours = f"{entry['mean']:.2f}" + (f" ± {entry['sd']:.2f}" if entry["sd"] is not None else "")
                 if entry["seeds_finished"] < len(entry["seeds"]):
                     ours += f" ({entry['seeds_finished']}/{len(entry['seeds'])} seeds)"
+            if entry["epochs"] < most_epochs:  # a row whose settings train it for fewer epochs
+                ours += f" (**{entry['epochs']} epochs**)"
             paper = "-" if entry["paper"] is None else f"{entry['paper']:.2f}"
             gap = "-" if entry["gap"] is None else f"{entry['gap']:+.2f}"
             cells += [ours, paper, gap]
@@ -245,7 +248,8 @@ def markdown(summary: dict, quick_epochs: int | None) -> str:
         times = []
         for entry in row["cells"]:
             seconds = sum(seed["wall_seconds"] or 0 for seed in entry["seeds"])
-            times.append(f"{entry['column']}: {entry['epochs']} epochs, {seconds / 60:.1f} min")
+            spent = f"{seconds / 60:.1f} min" if seconds else "not run yet"
+            times.append(f"{entry['column']}: {entry['epochs']} epochs, {spent}")
         lines.append(f"- {row['row']}: " + "; ".join(times))
     return "\n".join(lines) + "\n"
 
@@ -262,7 +266,7 @@ def reproduce(table_path: str | Path, out_dir: str | Path | None = None, *, jobs
     unknown = sorted(set(rows or ()) - {row.name for row in table.rows})
     if unknown:
         raise ValueError(f"table {table.path} has no rows {unknown}; its rows: {[row.name for row in table.rows]}")
-    out_dir = Path(out_dir) if out_dir else Path("runs") / "tables" / table.path.stem
+    out_dir = Path(out_dir) if out_dir else Path("results") / table.path.stem
     if epochs is not None:
         out_dir = out_dir / f"quick-{epochs}-epochs"
     cells = plan(table, out_dir, epochs)
