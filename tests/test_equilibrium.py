@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import digits_test_accuracy, normalised_digits
+from locallearn import engine
 from locallearn.models import build_model
 from locallearn.rules import Backprop
 from locallearn.rules.equilibrium import RULES, EquilibriumPropagation, hard_sigmoid
@@ -274,3 +275,22 @@ def test_load_state_of_other_rule_raises():
     with pytest.raises(ValueError):
         rule.load_state_dict(other.state_dict())
     assert all(torch.equal(before[key], value) for key, value in module_state(rule.model).items())
+
+
+@pytest.mark.parametrize("depth, expected", [(1, (20, 4, 0.5)), (2, (150, 6, 1.0)), (3, (500, 8, 1.0)),
+                                             (8, (500, 8, 1.0))])
+def test_settling_defaults_are_the_authors_per_depth(depth, expected):
+    """Scellier & Bengio's code (train_model.py, net1 / net2 / net3): 20 / 150 / 500 free steps,
+    4 / 6 / 8 weakly clamped ones and β = 0.5 / 1 / 1 for 1 / 2 / 3 hidden layers; explicit
+    options win."""
+    rule = EquilibriumPropagation(small_mlp(depth=depth), lr=1e-3)
+    assert (rule.free_steps, rule.weak_steps, rule.beta) == expected
+    rule = EquilibriumPropagation(small_mlp(depth=depth), lr=1e-3, eqprop_free_steps=7, eqprop_weak_steps=2,
+                                  eqprop_beta=0.25)
+    assert (rule.free_steps, rule.weak_steps, rule.beta) == (7, 2, 0.25)
+
+
+def test_cli_default_network_for_eqprop_is_one_hidden_layer():
+    assert engine.TrainSettings(rule="eqprop").resolved().depth == 1
+    assert engine.TrainSettings(rule="backprop").resolved().depth == 3
+    assert engine.TrainSettings(rule="eqprop", depth=3).resolved().depth == 3

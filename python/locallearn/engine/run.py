@@ -26,6 +26,7 @@ from locallearn.rules import (
     default_activation,
     default_batch_norm,
     default_batch_size,
+    default_depth,
     rule_options,
 )
 
@@ -63,7 +64,8 @@ class TrainSettings:
     dropout: float = _option(0.0, "dropout after every hidden nonlinearity", type=float)
     activation: str | None = _option(None, "nonlinearity (default: leaky_relu for sim rules, tanh for the "
                                            "TP/LRA family, elu for al, else relu)", choices=tuple(ACTIVATIONS))
-    depth: int = _option(3, "MLP hidden layers", type=int)
+    depth: int | None = _option(None, "MLP hidden layers (default 3; 1 for eqprop, Scellier & Bengio's first "
+                                      "network)", type=int)
     width: int = _option(1024, "MLP hidden width", type=int)
     width_multiplier: float = _option(1.0, "scales every conv layer's channels (VGG, AllCNN)", type=float)
     batch_norm: bool | None = _option(None, "batch norm before each hidden nonlinearity (default: on, except "
@@ -120,11 +122,12 @@ class TrainSettings:
                                                 "blocks, 256 for conv blocks)", type=int)
     al_inverse_lr_factor: float | None = _option(None, "al: rate of the target encoders and decoders relative to "
                                                        "--lr (default 2, the authors' code)", type=float)
-    eqprop_beta: float | None = _option(None, "eqprop: β of the weakly clamped phase (default 1.0)", type=float)
-    eqprop_free_steps: int | None = _option(None, "eqprop: settling steps of the free phase (default 500)",
-                                            type=int)
+    eqprop_beta: float | None = _option(None, "eqprop: β of the weakly clamped phase (default 0.5 for 1 hidden "
+                                              "layer, else 1.0, as Scellier & Bengio's code)", type=float)
+    eqprop_free_steps: int | None = _option(None, "eqprop: settling steps of the free phase (default 20 / 150 / "
+                                                  "500 for 1 / 2 / 3+ hidden layers)", type=int)
     eqprop_weak_steps: int | None = _option(None, "eqprop: settling steps of the weakly clamped phase "
-                                                  "(default 8)", type=int)
+                                                  "(default 4 / 6 / 8 for 1 / 2 / 3+ hidden layers)", type=int)
     eqprop_step_size: float | None = _option(None, "eqprop: step ε of the settling dynamics (default 0.5)",
                                              type=float)
     eqprop_random_sign: bool | None = _option(None, "eqprop: draw the sign of β per batch (default on)",
@@ -146,10 +149,11 @@ class TrainSettings:
         activation = self.activation or default_activation(self.rule)
         batch_norm = default_batch_norm(self.rule) if self.batch_norm is None else self.batch_norm
         batch_size = default_batch_size(self.rule) if self.batch_size is None else self.batch_size
+        depth = default_depth(self.rule) if self.depth is None else self.depth
         run_dir = self.run_dir or str(Path("runs") / "-".join(
             [self.data, self.model, self.rule, datetime.datetime.now().strftime("%Y%m%d-%H%M%S")]))
         return dataclasses.replace(self, device=device, activation=activation, batch_norm=batch_norm,
-                                   batch_size=batch_size, run_dir=run_dir)
+                                   batch_size=batch_size, depth=depth, run_dir=run_dir)
 
     def to_dict(self) -> dict:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}

@@ -72,9 +72,16 @@ def default_batch_size(rule: str) -> int:
     return 32 if rule == "al" else 128
 
 
+def default_depth(rule: str) -> int:
+    """MLP hidden layers unless told otherwise: seed 004's 3; for eqprop the one hidden layer of
+    Scellier & Bengio's first network (§5), whose settling takes 20 steps where their
+    3-hidden-layer one takes 500 and 500 epochs."""
+    return 1 if rule == "eqprop" else 3
+
+
 TANH_RULES = ("lra-e", "dtp", "dtp-sigma", "sdtp", "ao-sdtp")
 PLAIN_LAYER_RULES = ("lra-e", "ddtp", "dtp", "dtp-sigma", "sdtp", "ao-sdtp", "al", "eqprop")
 
 
 __all__ = ["OPTIMIZERS", "REGISTRY", "RULE_NAMES", "Backprop", "LocalLosses", "Rule", "build_rule",
-           "default_activation", "default_batch_norm", "default_batch_size", "rule_options"]
+           "default_activation", "default_batch_norm", "default_batch_size", "default_depth", "rule_options"]

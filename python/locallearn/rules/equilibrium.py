@@ -50,6 +50,17 @@ def hard_sigmoid(s: Tensor) -> Tensor:
     return s.clamp(0.0, 1.0)
 
 
+# Free steps, weakly clamped steps and β for 1, 2 and 3 hidden layers: the authors' code
+# (bscellier/Towards-a-Biologically-Plausible-Backprop, train_model.py: net1, net2, net3).
+SETTLING_BY_DEPTH = {1: (20, 4, 0.5), 2: (150, 6, 1.0), 3: (500, 8, 1.0)}
+
+
+def settling_defaults(hidden_layers: int) -> tuple[int, int, float]:
+    """(free steps, weakly clamped steps, β) of Scellier & Bengio's network of that depth;
+    deeper networks take their 3-hidden-layer settings."""
+    return SETTLING_BY_DEPTH[min(max(hidden_layers, 1), 3)]
+
+
 class EquilibriumPropagation(Rule):
     """Equilibrium Propagation on an MLP without batch norm or dropout (see the module docstring).
 
@@ -59,10 +70,15 @@ class EquilibriumPropagation(Rule):
     name = "eqprop"
 
     def __init__(self, model: Network, *, lr: float, optimizer: str = "adam", weight_decay: float = 0.0,
-                 amp: bool = False, seed: int = 0, eqprop_beta: float = 1.0, eqprop_free_steps: int = 500,
-                 eqprop_weak_steps: int = 8, eqprop_step_size: float = 0.5, eqprop_random_sign: bool = True) -> None:
+                 amp: bool = False, seed: int = 0, eqprop_beta: float | None = None,
+                 eqprop_free_steps: int | None = None, eqprop_weak_steps: int | None = None,
+                 eqprop_step_size: float = 0.5, eqprop_random_sign: bool = True) -> None:
         super().__init__(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay, amp=amp)
         require_plain_mlp(model, "eqprop", "a layered Hopfield network, Scellier & Bengio 2017 eq. (1)")
+        free_steps, weak_steps, beta = settling_defaults(len(model.blocks))
+        eqprop_free_steps = free_steps if eqprop_free_steps is None else eqprop_free_steps
+        eqprop_weak_steps = weak_steps if eqprop_weak_steps is None else eqprop_weak_steps
+        eqprop_beta = beta if eqprop_beta is None else eqprop_beta
         if not eqprop_beta > 0:
             raise ValueError(f"eqprop_beta must be positive (Scellier & Bengio use 0.5 or 1.0; "
                              f"eqprop_random_sign=True flips its sign), got {eqprop_beta}")
