@@ -70,6 +70,14 @@ def test_two_cell_table_end_to_end_then_skipped_then_resumed(table, tmp_path):
     markdown_path, _, failed = reproduce.reproduce(table, out, progress=False)  # all finished: nothing runs
     assert not failed and metrics.stat().st_mtime_ns == written and markdown_path.read_text() == table_text
 
+    # --report-only writes the table of a folder whose cells have not all run, training none.
+    pending = tmp_path / "pending"
+    shutil.copytree(out / "backprop" / "1-layer" / "seed-0", pending / "backprop" / "1-layer" / "seed-0")
+    result = subprocess.run([sys.executable, "-m", "locallearn.cli", "reproduce", str(table), "--report-only",
+                             "--out", str(pending), "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (pending / "backprop" / "1-layer" / "seed-1").exists() and "(1/2 seeds)" in result.stdout
+
     # Only the small files kept (results/.gitignore's selection): still finished, same table.
     kept = tmp_path / "kept"
     shutil.copytree(out, kept, ignore=shutil.ignore_patterns("metrics.jsonl", "train.log", "checkpoints"))

@@ -101,8 +101,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     from locallearn.engine.reproduce import reproduce
 
     try:
+        rows = [] if args.report_only else args.rows
         markdown_path, json_path, failed = reproduce(args.table, args.out, jobs=args.jobs, epochs=args.epochs,
-                                                     rows=args.rows, progress=not args.no_progress)
+                                                     rows=rows, progress=not args.no_progress)
     except ValueError as error:
         print(f"locallearn reproduce: error: {error}", file=sys.stderr)
         return 2
@@ -170,6 +171,8 @@ def _add_reproduce_parser(commands) -> None:
                                                        "directory of its own, and the table says so")
     reproduce.add_argument("--rows", nargs="+", metavar="ROW", help="train only these rows' cells (the table "
                                                                       "still shows every row)")
+    reproduce.add_argument("--report-only", action="store_true", help="train nothing: write the table from the "
+                                                                      "cells as they are")
     reproduce.add_argument("--no-progress", action="store_true", help="no progress bar")
     reproduce.set_defaults(run=_reproduce)
 

@@ -258,7 +258,7 @@ def reproduce(table_path: str | Path, out_dir: str | Path | None = None, *, jobs
               epochs: int | None = None, rows: list[str] | None = None,
               progress: bool = True) -> tuple[Path, Path, list[Cell]]:
     """Run every unfinished cell of the table (``jobs`` at a time; only those of ``rows``
-    when given, the others stay as they are), then write ``<out_dir>/<table>.md`` and
+    when given, the others stay as they are; none for ``rows=[]``), then write ``<out_dir>/<table>.md`` and
     ``.json``; returns their paths and the cells that failed."""
     table = load_table(table_path)
     if jobs < 1:
