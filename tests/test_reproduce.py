@@ -3,6 +3,7 @@ run; finished cells are skipped, interrupted ones resumed; the table is written 
 paper's numbers beside ours; and the shipped tables name recipes that build."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def test_two_cell_table_end_to_end_then_skipped_then_resumed(table, tmp_path):
     assert entry["mean"] == pytest.approx(sum(values) / 2)
     assert entry["sd"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     assert entry["paper"] == 5.0 and entry["gap"] == pytest.approx(entry["mean"] - 5.0)
+    assert summary["rows"][0]["recipe"] == os.path.relpath(table.parent / "recipe.toml")  # no machine's root in it
     table_text = (out / "tiny.md").read_text()
     assert f"{entry['mean']:.2f} ± {entry['sd']:.2f} | 5.00 | {entry['gap']:+.2f}" in table_text
     assert "made-up paper" in table_text and table_text in result.stdout

@@ -211,7 +211,7 @@ def summarise(table: Table, cells: list[Cell]) -> dict:
                             "gap": None if mean is None or paper is None else mean - paper,
                             "seeds_finished": len(finished), "seeds": results,
                             "epochs": mine[0].settings["epochs"]})
-        rows.append({"row": row.name, "recipe": str(row.recipe), "cells": entries})
+        rows.append({"row": row.name, "recipe": os.path.relpath(row.recipe), "cells": entries})
     return {"title": table.title, "source": table.source, "table": str(table.path), "report": table.report,
             "seeds": list(table.seeds), "columns": [column.name for column in table.columns], "rows": rows}
 
