@@ -16,8 +16,8 @@ import statistics
 import torch
 from common import run_info, timed_runs, write_json
 
-from locallearn import config, engine
-from locallearn.engine.run import build_parts
+from locallearn import engine
+from locallearn.engine.run import build_parts, settings_from_toml
 
 
 def measure(settings: engine.TrainSettings, warmup: int, repeats: int) -> dict:
@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    values = {key.replace("-", "_"): value for key, value in config.load_toml(args.config).items()}
+    settings = settings_from_toml(args.config)
     if args.data_dir:
-        values["data_dir"] = args.data_dir
-    settings = engine.TrainSettings(**values).resolved()
+        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    settings = settings.resolved()
     result = {**run_info(torch.device(settings.device), argv), "config": args.config,
               "threads": torch.get_num_threads(), "batch_size": settings.batch_size, "depths": []}
     for depth in args.depths or [settings.depth]:

@@ -41,10 +41,15 @@ class MetricsLog:
             self.writer.close()
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every record of a JSON-lines file."""
+    with Path(path).open(encoding="utf-8") as stream:
+        return [json.loads(line) for line in stream if line.strip()]
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """Every record of a run's metrics.jsonl."""
-    with (Path(run_dir) / "metrics.jsonl").open(encoding="utf-8") as stream:
-        return [json.loads(line) for line in stream if line.strip()]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def _summary_writer(directory: Path):

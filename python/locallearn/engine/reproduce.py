@@ -43,7 +43,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from locallearn import config
-from locallearn.engine.metrics import read_metrics
+from locallearn.engine.metrics import read_jsonl, read_metrics
 
 CELL_CONFIG = "cell.toml"
 CELL_LOG = "train.log"
@@ -139,8 +139,7 @@ def epoch_records(cell: Cell) -> list[dict]:
     if (cell.run_dir / "metrics.jsonl").is_file():
         return [record for record in read_metrics(cell.run_dir) if record["kind"] == "epoch"]
     if (cell.run_dir / CELL_EPOCHS).is_file():
-        lines = (cell.run_dir / CELL_EPOCHS).read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return read_jsonl(cell.run_dir / CELL_EPOCHS)
     return []
 
 
@@ -184,11 +183,13 @@ def run_cell(cell: Cell, threads: int) -> tuple[Cell, int]:
 def cell_result(cell: Cell, report: str) -> dict:
     """The cell's reported value (a fraction), epochs logged and wall time, or why there is none."""
     wall = cell.run_dir / CELL_WALL
-    result = {"seed": cell.seed, "run_dir": str(cell.run_dir), "epochs": epochs_done(cell),
+    records = epoch_records(cell)
+    result = {"seed": cell.seed, "run_dir": str(cell.run_dir),
+              "epochs": max((record["epoch"] for record in records), default=0),
               "wall_seconds": json.loads(wall.read_text())["seconds"] if wall.is_file() else None, "value": None}
-    if result["epochs"] == 0:
+    if not records:
         return result
-    last = epoch_records(cell)[-1]
+    last = records[-1]
     if report not in last:
         raise ValueError(f"{cell.run_dir}: its epoch records have no {report!r} (does the table set validation?)")
     result["value"] = last[report]
@@ -204,7 +205,8 @@ def summarise(table: Table, cells: list[Cell]) -> dict:
         for column, paper in zip(table.columns, row.paper):
             mine = [cell for cell in cells if cell.row == row.name and cell.column == column.name]
             results = [cell_result(cell, table.report) for cell in mine]
-            finished = [100 * result["value"] for cell, result in zip(mine, results) if is_finished(cell)]
+            finished = [100 * result["value"] for cell, result in zip(mine, results)
+                        if result["epochs"] >= cell.settings["epochs"]]  # is_finished, from the records read
             mean = statistics.fmean(finished) if finished else None
             sd = statistics.stdev(finished) if len(finished) > 1 else None
             entries.append({"column": column.name, "paper": paper, "mean": mean, "sd": sd,

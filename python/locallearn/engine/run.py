@@ -233,12 +233,18 @@ def read_settings(run_dir: str | Path) -> TrainSettings:
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_NAME).is_file():
         raise ValueError(f"{run_dir} is not a run directory: it has no {CONFIG_NAME}")
-    values = {key.replace("-", "_"): value for key, value in config.load_toml(run_dir / CONFIG_NAME).items()}
+    return dataclasses.replace(settings_from_toml(run_dir / CONFIG_NAME), run_dir=str(run_dir))
+
+
+def settings_from_toml(path: str | Path) -> TrainSettings:
+    """The settings a TOML file (a run's config.toml or a recipe) holds, unresolved; keys in the
+    flags' spelling (``batch-size``); an unknown key is an error naming it."""
+    values = {key.replace("-", "_"): value for key, value in config.load_toml(path).items()}
     known = {item.name for item in settings_fields()}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{run_dir / CONFIG_NAME} has unknown settings {unknown}")
-    return dataclasses.replace(TrainSettings(**values), run_dir=str(run_dir))
+        raise ValueError(f"{path} has unknown settings {unknown}")
+    return TrainSettings(**values)
 
 
 def resume_run(run_dir: str | Path, *, progress: bool = True) -> Trainer:
