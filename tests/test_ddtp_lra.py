@@ -81,22 +81,23 @@ X = [[1.0, -0.5], [0.3, 0.8]]
 LABELS = [2, 0]
 
 
-def hand_lra(update_rule: int, loss: str, beta: float, gamma: float, lr: float = 1.0):
+def hand_lra(update_rule: int, loss: str, beta: float, gamma: float, lr: float = 1.0, factor: float = 2.0):
     model = tiny_mlp()
     for layer, (weight, bias) in zip([model.blocks[0].layer, model.blocks[1].layer, model.output.layer],
                                      [W1, W2, W3]):
         set_weights(layer, weight, bias)
     rule = LocalRepresentationAlignment(model, lr=lr, optimizer="sgd", lra_beta=beta, lra_gamma=gamma,
-                                        lra_update_rule=update_rule, lra_loss=loss)
+                                        lra_update_rule=update_rule, lra_loss=loss, lra_error_factor=factor)
     with torch.no_grad():
         for error_weight, values in zip(rule.error_weights, [E2, E3]):
             error_weight.copy_(torch.tensor(values, dtype=torch.float64))
     return rule
 
 
-def expected_lra(update_rule: int, loss: str, beta: float, gamma: float):
+def expected_lra(update_rule: int, loss: str, beta: float, gamma: float, factor: float = 2.0):
     """Algorithms 1–2 one example at a time with column vectors, straight from the paper:
-    e3 = −y/z3; y2 = tanh(h2 − βE3e3); e2 = ∂ℒ/∂z2; y1 = tanh(h1 − βE2e2); e1 = ∂ℒ/∂z1;
+    e3 = −y/z3; y2 = tanh(h2 − βE3e3); e2 = −κ(y2 − z2) (Gaussian; κ = 2 is ∂ℒ/∂z2 of eq. (5),
+    κ = 1 eq. (3) as printed); y1 = tanh(h1 − βE2e2); e1 likewise;
     rule 1: ΔWℓ = (eℓ ⊗ (1 − zℓ²)) zℓ₋₁ᵀ; rule 2: ΔWℓ = eℓ zℓ₋₁ᵀ for the hidden layers;
     ΔEℓ = γΔWℓᵀ for both (eq. (7)'s sign, the authors' code; rules/lra.py says why); at
     the softmax both take (diag(z3) − z3z3ᵀ)e3 z2ᵀ. Batch means."""
@@ -107,8 +108,8 @@ def expected_lra(update_rule: int, loss: str, beta: float, gamma: float):
 
     def error_units(target, z):
         if loss == "gaussian":
-            return -2 * (target - z)
-        return -2 * (target - z) / (1 + (target - z) ** 2)
+            return -factor * (target - z)
+        return -factor * (target - z) / (1 + (target - z) ** 2)
 
     totals = {name: 0 for name in ("W1", "b1", "W2", "b2", "W3", "b3")}
     per_example = []
@@ -146,13 +147,14 @@ def expected_lra(update_rule: int, loss: str, beta: float, gamma: float):
     return totals, stacked
 
 
+@pytest.mark.parametrize("factor", [2.0, 1.0])
 @pytest.mark.parametrize("loss", ["gaussian", "cauchy"])
 @pytest.mark.parametrize("update_rule", [1, 2])
-def test_lra_targets_errors_and_updates_by_hand(update_rule, loss):
+def test_lra_targets_errors_and_updates_by_hand(update_rule, loss, factor):
     beta, gamma, lr = 0.7, 0.3, 0.5  # β large enough that every target moves visibly
-    rule = hand_lra(update_rule, loss, beta, gamma, lr)
+    rule = hand_lra(update_rule, loss, beta, gamma, lr, factor)
     x, labels = torch.tensor(X, dtype=torch.float64), torch.tensor(LABELS)
-    expected, units = expected_lra(update_rule, loss, beta, gamma)
+    expected, units = expected_lra(update_rule, loss, beta, gamma, factor)
 
     state = rule.compute_targets(x, labels)
     for index in range(3):
@@ -447,7 +449,7 @@ def test_ddtp_bad_options_raise(options):
 
 @pytest.mark.parametrize("options", [dict(lra_beta=0.0), dict(lra_gamma=-0.1), dict(lra_gamma=1.5),
                                      dict(lra_update_rule=3), dict(lra_update_rule="1"), dict(lra_loss="laplace"),
-                                     dict(lra_error_std=0.0), dict(lr=-1.0)])
+                                     dict(lra_error_std=0.0), dict(lra_error_factor=0.0), dict(lr=-1.0)])
 def test_lra_bad_options_raise(options):
     with pytest.raises(ValueError):
         LocalRepresentationAlignment(small_model("mlp"), **{"lr": 1e-3, **options})

@@ -112,6 +112,9 @@ class TrainSettings:
     lra_error_std: float | None = _option(None, "lra-e: initial std of the error weights (default 1.0, as the "
                                                 "authors' code)",
                                           type=float)
+    lra_error_factor: float | None = _option(None, "lra-e: κ of the hidden error units e = −κ(y − z) (default 2, "
+                                                   "seed 002 eq. (5); 1: eq. (3) as printed, the authors' code)",
+                                             type=float)
     al_blocks_per_component: int | None = _option(None, "al: consecutive hidden blocks per component (default: "
                                                         "one, or a ResNet's stage)", type=int)
     al_bridge_depth: int | None = _option(None, "al: sigmoid layers of each bridge bᵢ (default 1; 0: none, "

@@ -7,7 +7,7 @@ error weights Eˡ (one per layer but the first, footnote 2), never through Wᵀ:
 - output error units eᴸ = −y / zᴸ, the derivative of the categorical NLL (eq. (2));
 - target of the layer below yˡ⁻¹ = φ(hˡ⁻¹ − β Eˡ eˡ) (eq. (5)), β = 0.1 (footnote 1);
 - hidden error units eˡ = ∂ℒˡ(yˡ, zˡ)/∂zˡ of a Gaussian (eq. (3)) or Cauchy (eq. (4))
-  local loss;
+  local loss, with the factor κ in front of (y − z) a setting (below);
 - updates ΔWˡ = (eˡ ⊗ φ'(hˡ)) zˡ⁻¹ᵀ (rule 1, eq. (6)) or ΔWˡ = eˡ zˡ⁻¹ᵀ (rule 2,
   eq. (7)), and ΔEˡ = γ ΔWˡᵀ for both (eq. (7)'s sign; see below).
 
@@ -32,6 +32,14 @@ equal them), and the authors' code (github.com/AnkurMali/LRA-E, fmnist/fmnist.py
 compute_lra_updates) applies γ·ΔW to E in the same descent step as ΔW to W. So both rules
 use ΔE = γΔWᵀ here, E ← E − λγΔWᵀ, and eq. (6)'s minus sign is read as a slip. The paper
 gives no γ, only "less than 1.0"; the authors' code uses 1.0, and so do we.
+
+The factor of the error units. Eq. (5) and Algorithm 1 write eˡ = −2(yˡ − zˡ); eq. (3) prints
+eˡ = −(2σ²)(yˡ − zˡ) and says σ² = ½ "gets rid of the multiplicative factor entirely", i.e.
+eˡ = −(yˡ − zˡ), which is what the authors' code computes (e3 = hhat2 − y3_z). κ (``lra_error_factor``)
+picks: 2 (the default, eq. (5)) or 1 (eq. (3) as printed, the code). It matters with depth: a
+layer's pre-activation displacement β E e is about β κ √width times the displacement y − z of the
+layer above (3.2 at κ = 2 with E of std 1 over 256 units), before tanh compresses it
+(docs/RESULTS.md measures it). For the Cauchy loss κ scales eq. (4)'s factor 2 the same way.
 
 Initialisation. The paper's "zero-mean Gaussian distribution, with variance of 0.05" (§4)
 read literally (std 0.224) saturates tanh at the start; the authors' code draws the forward
@@ -108,7 +116,8 @@ class LocalRepresentationAlignment(Rule):
 
     def __init__(self, model: Network, *, lr: float, optimizer: str = "adam", weight_decay: float = 0.0,
                  amp: bool = False, seed: int = 0, lra_beta: float = 0.1, lra_gamma: float = 1.0,
-                 lra_update_rule: int = 1, lra_loss: str = "gaussian", lra_error_std: float = 1.0) -> None:
+                 lra_update_rule: int = 1, lra_loss: str = "gaussian", lra_error_std: float = 1.0,
+                 lra_error_factor: float = 2.0) -> None:
         super().__init__(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay, amp=amp)
         require_plain_mlp(model, "LRA-E", "seed 002 eq. (1), hˡ = Wˡ zˡ⁻¹")
         if lra_beta <= 0:
@@ -123,6 +132,10 @@ class LocalRepresentationAlignment(Rule):
             raise ValueError(f"unknown lra_loss {lra_loss!r}; choose one of {', '.join(LOCAL_LOSSES)}")
         if lra_error_std <= 0:
             raise ValueError(f"lra_error_std must be positive, got {lra_error_std}")
+        if lra_error_factor <= 0:
+            raise ValueError(f"lra_error_factor must be positive (2: seed 002 eq. (5); 1: eq. (3) as printed and "
+                             f"the authors' code), got {lra_error_factor}")
+        self.error_factor = lra_error_factor
         self.beta, self.gamma, self.update_rule = lra_beta, lra_gamma, lra_update_rule
         self.local_loss = LOCAL_LOSSES[lra_loss]
         self.layers = [block.layer for block in model.blocks] + [model.output.layer]
@@ -182,7 +195,8 @@ class LocalRepresentationAlignment(Rule):
         for index in range(len(self.layers) - 2, -1, -1):
             shift = error @ self.error_weights[index].T  # Δh^{ℓ−1} = E^ℓ e^ℓ, eq. (5)
             target = self.nonlinearities[index](pre[index] - self.beta * shift)
-            error = self.local_loss.error(target, post[index])  # eqs. (3)–(5)
+            # eqs. (3)–(5): the local losses' errors carry κ = 2; rescaled to κ = error_factor.
+            error = (self.error_factor / 2) * self.local_loss.error(target, post[index])
             targets.insert(0, target)
             errors.insert(0, error)
         return Representations(inputs, pre, post, targets, errors)
