@@ -115,6 +115,31 @@ def test_markdown_says_when_a_cell_is_pending_or_a_quick_look():
     assert "epochs**" not in next(line for line in lines if line.startswith("| longer |"))
 
 
+def test_a_full_run_rewrites_the_table_quoted_in_its_document(table, tmp_path, monkeypatch):
+    document = tmp_path / "RESULTS.md"
+    before, after = "# Results\n\nProse before.\n\n<!-- generated table: tiny -->\n", "<!-- end of generated table -->\nAfter.\n"
+    document.write_text(before + "an older table\n" + after)
+    table.write_text(TABLE.replace('report = "test_error_at_best"\n', 'report = "test_error_at_best"\ndocument = "RESULTS.md"\n'))
+    monkeypatch.chdir(tmp_path)  # the default output folder, results/tiny, is relative to the working directory
+    markdown_path, _, failed = reproduce.reproduce(table, jobs=2, progress=False)
+    assert not failed and markdown_path == Path("results") / "tiny" / "tiny.md"
+    table_text = markdown_path.read_text()
+    assert document.read_text() == before + table_text.split("\n", 2)[2] + after
+    assert "| Backprop |" in document.read_text() and "A two-cell table" not in document.read_text()
+
+    # A quick look, or a table written elsewhere, leaves the document alone.
+    document.write_text(before + "kept\n" + after)
+    reproduce.reproduce(table, epochs=1, progress=False)
+    reproduce.reproduce(table, tmp_path / "elsewhere", rows=[], progress=False)
+    assert document.read_text() == before + "kept\n" + after
+
+    # A document without the table's markers is refused before anything trains.
+    document.write_text("# Results\n<!-- generated table: other -->\n" + after)
+    with pytest.raises(ValueError, match="no '<!-- generated table: tiny -->'"):
+        reproduce.reproduce(table, tmp_path / "third", progress=False)
+    assert not (tmp_path / "third").exists()
+
+
 def test_bad_tables_are_refused_naming_what_is_wrong(table, tmp_path):
     with pytest.raises(ValueError, match=r"no rows \['LRA-E'\]"):
         reproduce.reproduce(table, tmp_path / "out", rows=["LRA-E"], progress=False)

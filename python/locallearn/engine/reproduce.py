@@ -17,6 +17,7 @@ A table file (TOML; paths relative to it)::
     seeds = [0, 1]
     report = "test_error_at_best"        # an epoch record's field, reported in %
     settings = { validation = 2000 }     # for every cell
+    document = "../../docs/RESULTS.md"   # optional: where the table is quoted (below)
     [[columns]]
     name = "3 layers"
     settings = { depth = 3 }
@@ -25,6 +26,11 @@ A table file (TOML; paths relative to it)::
     recipe = "../seed002-fashion-mnist-backprop.toml"
     paper = [14.89]                      # one number per column (% test error)
     settings = {}                        # for this row's cells (optional)
+
+A ``document`` holds the table between ``<!-- generated table: NAME -->`` and
+``<!-- end of generated table -->`` (NAME: the table file's stem); each full run, but not a
+quick look (``--epochs``) or one written elsewhere (``--out``), replaces what is there with
+the table, its heading dropped, so the document never quotes an older table.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ CELL_CONFIG = "cell.toml"
 CELL_LOG = "train.log"
 CELL_WALL = "wall_seconds.json"
 CELL_EPOCHS = "epochs.jsonl"
+DOCUMENT_END = "<!-- end of generated table -->"
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class Table:
     settings: dict
     rows: tuple[Row, ...]
     columns: tuple[Column, ...]
+    document: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,37 @@ def load_table(path: str | Path) -> Table:
     seeds = tuple(int(seed) for seed in raw["seeds"])
     if not seeds or not rows or not columns:
         raise ValueError(f"table {path}: needs at least one seed, row and column")
+    document = (path.parent / raw["document"]).resolve() if "document" in raw else None
+    if document is not None:
+        document_span(document, path.stem)  # a missing document or marker is refused before anything trains
     return Table(path, raw["title"], raw.get("source", ""), seeds, raw["report"], dict(raw.get("settings", {})),
-                 tuple(rows), columns)
+                 tuple(rows), columns, document)
+
+
+def document_start(name: str) -> str:
+    return f"<!-- generated table: {name} -->"
+
+
+def document_span(document: Path, name: str) -> tuple[int, int]:
+    """Where the table ``name`` goes in ``document``: the offsets just after its start marker's
+    line and of its end marker."""
+    if not document.is_file():
+        raise ValueError(f"table {name}: its document {document} does not exist")
+    text = document.read_text(encoding="utf-8")
+    start = text.find(document_start(name))
+    end = text.find(DOCUMENT_END, start) if start >= 0 else -1
+    if start < 0 or end < 0:
+        raise ValueError(f"table {name}: {document} has no {document_start(name)!r} … {DOCUMENT_END!r} markers "
+                         f"to write the table between")
+    return text.index("\n", start) + 1, end
+
+
+def write_into_document(document: Path, name: str, table_markdown: str) -> None:
+    """Replace the quoted table ``name`` in ``document`` by ``table_markdown`` without its heading."""
+    start, end = document_span(document, name)
+    text = document.read_text(encoding="utf-8")
+    body = table_markdown.split("\n", 2)[2] if table_markdown.startswith("# ") else table_markdown
+    write_atomically(document, text[:start] + body + text[end:])
 
 
 def slug(name: str) -> str:
@@ -261,14 +298,16 @@ def reproduce(table_path: str | Path, out_dir: str | Path | None = None, *, jobs
               progress: bool = True) -> tuple[Path, Path, list[Cell]]:
     """Run every unfinished cell of the table (``jobs`` at a time; only those of ``rows``
     when given, the others stay as they are; none for ``rows=[]``), then write ``<out_dir>/<table>.md`` and
-    ``.json``; returns their paths and the cells that failed."""
+    ``.json``, and the table's document unless ``epochs`` or ``out_dir`` is given; returns the two
+    paths and the cells that failed."""
     table = load_table(table_path)
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     unknown = sorted(set(rows or ()) - {row.name for row in table.rows})
     if unknown:
         raise ValueError(f"table {table.path} has no rows {unknown}; its rows: {[row.name for row in table.rows]}")
-    out_dir = Path(out_dir) if out_dir else Path("results") / table.path.stem
+    default_out_dir = Path("results") / table.path.stem
+    out_dir = Path(out_dir) if out_dir else default_out_dir
     if epochs is not None:
         out_dir = out_dir / f"quick-{epochs}-epochs"
     cells = plan(table, out_dir, epochs)
@@ -289,4 +328,6 @@ def reproduce(table_path: str | Path, out_dir: str | Path | None = None, *, jobs
     json_path, markdown_path = out_dir / f"{table.path.stem}.json", out_dir / f"{table.path.stem}.md"
     json_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     markdown_path.write_text(markdown(summary, epochs), encoding="utf-8")
+    if table.document is not None and epochs is None and out_dir == default_out_dir:
+        write_into_document(table.document, table.path.stem, markdown_path.read_text(encoding="utf-8"))
     return markdown_path, json_path, failed
