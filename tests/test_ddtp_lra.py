@@ -81,22 +81,25 @@ X = [[1.0, -0.5], [0.3, 0.8]]
 LABELS = [2, 0]
 
 
-def hand_lra(update_rule: int, loss: str, beta: float, gamma: float, lr: float = 1.0, factor: float = 2.0):
+def hand_lra(update_rule: int, loss: str, beta: float, gamma: float, lr: float = 1.0, factor: float = 2.0,
+             output_error: str = "nll"):
     model = tiny_mlp()
     for layer, (weight, bias) in zip([model.blocks[0].layer, model.blocks[1].layer, model.output.layer],
                                      [W1, W2, W3]):
         set_weights(layer, weight, bias)
     rule = LocalRepresentationAlignment(model, lr=lr, optimizer="sgd", lra_beta=beta, lra_gamma=gamma,
-                                        lra_update_rule=update_rule, lra_loss=loss, lra_error_factor=factor)
+                                        lra_update_rule=update_rule, lra_loss=loss, lra_error_factor=factor,
+                                        lra_output_error=output_error)
     with torch.no_grad():
         for error_weight, values in zip(rule.error_weights, [E2, E3]):
             error_weight.copy_(torch.tensor(values, dtype=torch.float64))
     return rule
 
 
-def expected_lra(update_rule: int, loss: str, beta: float, gamma: float, factor: float = 2.0):
+def expected_lra(update_rule: int, loss: str, beta: float, gamma: float, factor: float = 2.0,
+                 output_error: str = "nll"):
     """Algorithms 1–2 one example at a time with column vectors, straight from the paper:
-    e3 = −y/z3; y2 = tanh(h2 − βE3e3); e2 = −κ(y2 − z2) (Gaussian; κ = 2 is ∂ℒ/∂z2 of eq. (5),
+    e3 = −y/z3 (eq. (2); z3 − y, the authors' code's e4, for output_error "residual"); y2 = tanh(h2 − βE3e3); e2 = −κ(y2 − z2) (Gaussian; κ = 2 is ∂ℒ/∂z2 of eq. (5),
     κ = 1 eq. (3) as printed); y1 = tanh(h1 − βE2e2); e1 likewise;
     rule 1: ΔWℓ = (eℓ ⊗ (1 − zℓ²)) zℓ₋₁ᵀ; rule 2: ΔWℓ = eℓ zℓ₋₁ᵀ for the hidden layers;
     ΔEℓ = γΔWℓᵀ for both (eq. (7)'s sign, the authors' code; rules/lra.py says why); at
@@ -124,7 +127,8 @@ def expected_lra(update_rule: int, loss: str, beta: float, gamma: float, factor:
         y = torch.zeros(4, 1, dtype=d)
         y[label] = 1
         e3 = -y / z3
-        y2 = torch.tanh(h2 - beta * (e3w @ e3))
+        output_units = e3 if output_error == "nll" else z3 - y
+        y2 = torch.tanh(h2 - beta * (e3w @ output_units))
         e2 = error_units(y2, z2)
         y1 = torch.tanh(h1 - beta * (e2w @ e2))
         e1 = error_units(y1, z1)
@@ -137,7 +141,7 @@ def expected_lra(update_rule: int, loss: str, beta: float, gamma: float, factor:
         for name, value in (("W3", delta3 @ z2.T), ("b3", delta3), ("W2", delta2 @ z1.T), ("b2", delta2),
                             ("W1", delta1 @ z0.T), ("b1", delta1)):
             totals[name] = totals[name] + value / len(X)
-        per_example.append({"targets": [y1, y2, y], "errors": [e1, e2, e3]})
+        per_example.append({"targets": [y1, y2, y], "errors": [e1, e2, output_units]})
     totals["E2"] = gamma * totals["W2"].T
     totals["E3"] = gamma * totals["W3"].T
     for name in ("b1", "b2", "b3"):
@@ -147,14 +151,15 @@ def expected_lra(update_rule: int, loss: str, beta: float, gamma: float, factor:
     return totals, stacked
 
 
+@pytest.mark.parametrize("output_error", ["nll", "residual"])
 @pytest.mark.parametrize("factor", [2.0, 1.0])
 @pytest.mark.parametrize("loss", ["gaussian", "cauchy"])
 @pytest.mark.parametrize("update_rule", [1, 2])
-def test_lra_targets_errors_and_updates_by_hand(update_rule, loss, factor):
+def test_lra_targets_errors_and_updates_by_hand(update_rule, loss, factor, output_error):
     beta, gamma, lr = 0.7, 0.3, 0.5  # β large enough that every target moves visibly
-    rule = hand_lra(update_rule, loss, beta, gamma, lr, factor)
+    rule = hand_lra(update_rule, loss, beta, gamma, lr, factor, output_error)
     x, labels = torch.tensor(X, dtype=torch.float64), torch.tensor(LABELS)
-    expected, units = expected_lra(update_rule, loss, beta, gamma, factor)
+    expected, units = expected_lra(update_rule, loss, beta, gamma, factor, output_error)
 
     state = rule.compute_targets(x, labels)
     for index in range(3):
@@ -449,7 +454,8 @@ def test_ddtp_bad_options_raise(options):
 
 @pytest.mark.parametrize("options", [dict(lra_beta=0.0), dict(lra_gamma=-0.1), dict(lra_gamma=1.5),
                                      dict(lra_update_rule=3), dict(lra_update_rule="1"), dict(lra_loss="laplace"),
-                                     dict(lra_error_std=0.0), dict(lra_error_factor=0.0), dict(lr=-1.0)])
+                                     dict(lra_error_std=0.0), dict(lra_error_factor=0.0), dict(lra_output_error="mse"),
+                                     dict(lr=-1.0)])
 def test_lra_bad_options_raise(options):
     with pytest.raises(ValueError):
         LocalRepresentationAlignment(small_model("mlp"), **{"lr": 1e-3, **options})

@@ -115,6 +115,9 @@ class TrainSettings:
     lra_error_factor: float | None = _option(None, "lra-e: κ of the hidden error units e = −κ(y − z) (default 2, "
                                                    "seed 002 eq. (5); 1: eq. (3) as printed, the authors' code)",
                                              type=float)
+    lra_output_error: str | None = _option(None, "lra-e: output error units of the target computation: 'nll', "
+                                                 "−y/z (default, seed 002 eq. (2)), or 'residual', z − y (the "
+                                                 "authors' code)", choices=("nll", "residual"))
     al_blocks_per_component: int | None = _option(None, "al: consecutive hidden blocks per component (default: "
                                                         "one, or a ResNet's stage)", type=int)
     al_bridge_depth: int | None = _option(None, "al: sigmoid layers of each bridge bᵢ (default 1; 0: none, "

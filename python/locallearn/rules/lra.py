@@ -4,7 +4,8 @@ Every layer ℓ has pre-activities hˡ = Wˡ zˡ⁻¹ + cˡ and post-activities 
 (eq. (1)); the output is a softmax. Targets come top-down through error units and
 error weights Eˡ (one per layer but the first, footnote 2), never through Wᵀ:
 
-- output error units eᴸ = −y / zᴸ, the derivative of the categorical NLL (eq. (2));
+- output error units eᴸ = −y / zᴸ, the derivative of the categorical NLL (eq. (2)), or
+  zᴸ − y as the authors' code computes them (a setting, below);
 - target of the layer below yˡ⁻¹ = φ(hˡ⁻¹ − β Eˡ eˡ) (eq. (5)), β = 0.1 (footnote 1);
 - hidden error units eˡ = ∂ℒˡ(yˡ, zˡ)/∂zˡ of a Gaussian (eq. (3)) or Cauchy (eq. (4))
   local loss, with the factor κ in front of (y − z) a setting (below);
@@ -41,6 +42,13 @@ layer's pre-activation displacement β E e is about β κ √width times the dis
 layer above (3.2 at κ = 2 with E of std 1 over 256 units), before tanh compresses it
 (docs/RESULTS.md measures it). For the Cauchy loss κ scales eq. (4)'s factor 2 the same way.
 
+The output error units. Eq. (2) gives eᴸ = −y/zᴸ, the NLL's derivative in the softmax's output
+(``lra_output_error = "nll"``, the default); the authors' code uses its derivative in the
+logits, eᴸ = zᴸ − y (``e4 = z4 − Y``), for the targets as for the output update
+(``"residual"``). They differ in size: |−y/zᴸ| = 1/z_c grows without bound as the true class's
+probability falls, |zᴸ − y| is at most √2, so the top hidden layer's targets move much further
+under eq. (2).
+
 Initialisation. The paper's "zero-mean Gaussian distribution, with variance of 0.05" (§4)
 read literally (std 0.224) saturates tanh at the start; the authors' code draws the forward
 weights with std 0.1 and the error weights with std 1.0. The error weights' default here is
@@ -64,6 +72,7 @@ from locallearn.models.tasks import at_least_float32
 from locallearn.rules.base import Rule, require_plain_mlp
 
 UPDATE_RULES = (1, 2)
+OUTPUT_ERRORS = ("nll", "residual")
 
 
 class LocalLoss(NamedTuple):
@@ -117,7 +126,7 @@ class LocalRepresentationAlignment(Rule):
     def __init__(self, model: Network, *, lr: float, optimizer: str = "adam", weight_decay: float = 0.0,
                  amp: bool = False, seed: int = 0, lra_beta: float = 0.1, lra_gamma: float = 1.0,
                  lra_update_rule: int = 1, lra_loss: str = "gaussian", lra_error_std: float = 1.0,
-                 lra_error_factor: float = 2.0) -> None:
+                 lra_error_factor: float = 2.0, lra_output_error: str = "nll") -> None:
         super().__init__(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay, amp=amp)
         require_plain_mlp(model, "LRA-E", "seed 002 eq. (1), hˡ = Wˡ zˡ⁻¹")
         if lra_beta <= 0:
@@ -135,7 +144,10 @@ class LocalRepresentationAlignment(Rule):
         if lra_error_factor <= 0:
             raise ValueError(f"lra_error_factor must be positive (2: seed 002 eq. (5); 1: eq. (3) as printed and "
                              f"the authors' code), got {lra_error_factor}")
-        self.error_factor = lra_error_factor
+        if lra_output_error not in OUTPUT_ERRORS:
+            raise ValueError(f"lra_output_error must be 'nll' (−y/z, seed 002 eq. (2)) or 'residual' (z − y, the "
+                             f"authors' code), got {lra_output_error!r}")
+        self.error_factor, self.output_error = lra_error_factor, lra_output_error
         self.beta, self.gamma, self.update_rule = lra_beta, lra_gamma, lra_update_rule
         self.local_loss = LOCAL_LOSSES[lra_loss]
         self.layers = [block.layer for block in model.blocks] + [model.output.layer]
@@ -190,7 +202,7 @@ class LocalRepresentationAlignment(Rule):
                 post.append(z)
         inputs, pre, post = ([at_least_float32(t) for t in ts] for ts in (inputs, pre, post))
         target = F.one_hot(y, self.model.num_classes).to(post[-1].dtype)
-        error = -target / post[-1]  # eq. (2)
+        error = -target / post[-1] if self.output_error == "nll" else post[-1] - target  # eq. (2) / the code
         targets, errors = [target], [error]
         for index in range(len(self.layers) - 2, -1, -1):
             shift = error @ self.error_weights[index].T  # Δh^{ℓ−1} = E^ℓ e^ℓ, eq. (5)
@@ -205,7 +217,7 @@ class LocalRepresentationAlignment(Rule):
         """Algorithm 2: ΔW, Δc of every layer and ΔE of every error weight, batch means.
         At the output both rules use the softmax's Jacobian applied to eᴸ = −y/zᴸ,
         zᴸ ⊙ (eᴸ − ⟨zᴸ, eᴸ⟩) = zᴸ − y, computed in that form (no 0·∞ when a
-        probability underflows)."""
+        probability underflows); with ``lra_output_error = "residual"`` that is eᴸ itself."""
         updates: dict[nn.Parameter, Tensor] = {}
         batch = state.inputs[0].shape[0]
         output = len(self.layers) - 1
