@@ -88,6 +88,12 @@ def test_two_cell_table_end_to_end_then_skipped_then_resumed(table, tmp_path):
     assert not failed and not list(kept.rglob("metrics.jsonl"))  # nothing ran
     assert markdown_path.read_text() == table_text
 
+    # A recipe edited since its cells ran: they are refused, naming what changed, not counted.
+    (table.parent / "recipe.toml").write_text(RECIPE.replace("lr = 0.01", "lr = 0.02"))
+    with pytest.raises(ValueError, match=r"2 cell\(s\) were trained with other settings.*seed-0 \(lr\)"):
+        reproduce.reproduce(table, out, rows=[], progress=False)
+    (table.parent / "recipe.toml").write_text(RECIPE)
+
     # A cell stopped before its first checkpoint (config.toml written, no epoch) is resumed.
     cell = reproduce.plan(reproduce.load_table(table), tmp_path / "second")[0]
     settings = engine.TrainSettings(**{key.replace("-", "_"): value for key, value in cell.settings.items()},

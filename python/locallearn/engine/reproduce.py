@@ -195,6 +195,16 @@ def is_finished(cell: Cell) -> bool:
     return epochs_done(cell) >= cell.settings["epochs"]
 
 
+def settings_changed(cell: Cell) -> list[str]:
+    """The settings in which the cell's run (its cell.toml) differs from what the table now
+    asks of it, such as a recipe edited since; none for a cell not started."""
+    stored_path = cell.run_dir / CELL_CONFIG
+    if not stored_path.is_file():
+        return []
+    stored = config.load_toml(stored_path)
+    return sorted(key for key in stored.keys() | cell.settings.keys() if stored.get(key) != cell.settings.get(key))
+
+
 def run_cell(cell: Cell, threads: int) -> tuple[Cell, int]:
     """Train the cell (start it, or resume it from its run directory) in a process of its own
     with ``threads`` intra-op threads; its output goes to the cell's train.log. Returns the
@@ -311,6 +321,12 @@ def reproduce(table_path: str | Path, out_dir: str | Path | None = None, *, jobs
     if epochs is not None:
         out_dir = out_dir / f"quick-{epochs}-epochs"
     cells = plan(table, out_dir, epochs)
+    changed = {cell.run_dir: settings_changed(cell) for cell in cells}
+    changed = {run_dir: keys for run_dir, keys in changed.items() if keys}
+    if changed:
+        listed = "; ".join(f"{run_dir} ({', '.join(keys)})" for run_dir, keys in changed.items())
+        raise ValueError(f"{len(changed)} cell(s) were trained with other settings than the table now gives them: "
+                         f"{listed}. Remove those run directories to train them anew.")
     todo = [cell for cell in cells if not is_finished(cell) and (rows is None or cell.row in rows)]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
