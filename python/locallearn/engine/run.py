@@ -112,8 +112,8 @@ class TrainSettings:
     lra_error_std: float | None = _option(None, "lra-e: initial std of the error weights (default 1.0, as the "
                                                 "authors' code)",
                                           type=float)
-    lra_error_factor: float | None = _option(None, "lra-e: κ of the hidden error units e = −κ(y − z) (default 2, "
-                                                   "seed 002 eq. (5); 1: eq. (3) as printed, the authors' code)",
+    lra_error_factor: float | None = _option(None, "lra-e: κ of the hidden error units e = −κ(y − z) (default 1, "
+                                                   "seed 002 eq. (3) as printed, the authors' code; 2: eq. (5))",
                                              type=float)
     lra_output_error: str | None = _option(None, "lra-e: output error units of the target computation: 'nll', "
                                                  "−y/z (default, seed 002 eq. (2)), or 'residual', z − y (the "
