@@ -47,7 +47,7 @@ def table(tmp_path) -> Path:
     return path
 
 
-def test_two_cell_table_end_to_end_then_skipped_then_resumed(table, tmp_path):
+def test_two_cell_table_end_to_end_then_skipped_then_resumed(table, tmp_path, capfd):
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "locallearn.cli", "reproduce", str(table), "--jobs", "2",
                              "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
@@ -79,6 +79,11 @@ def test_two_cell_table_end_to_end_then_skipped_then_resumed(table, tmp_path):
                              "--out", str(pending), "--no-progress"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (pending / "backprop" / "1-layer" / "seed-1").exists() and "(1/2 seeds)" in result.stdout
+
+    # With nothing to train there is no progress bar, even when one is asked for.
+    capfd.readouterr()
+    reproduce.reproduce(table, out, rows=[], progress=True)
+    assert capfd.readouterr().err == ""
 
     # Only the small files kept (results/.gitignore's selection): still finished, same table.
     kept = tmp_path / "kept"

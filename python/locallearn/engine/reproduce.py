@@ -331,7 +331,7 @@ def reproduce(table_path: str | Path, out_dir: str | Path | None = None, *, jobs
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool, \
-            tqdm(total=len(todo), desc=table.path.stem, disable=not progress) as bar:
+            tqdm(total=len(todo), desc=table.path.stem, disable=not progress or not todo) as bar:
         for future in concurrent.futures.as_completed([pool.submit(run_cell, cell, threads) for cell in todo]):
             cell, status = future.result()
             bar.update()
