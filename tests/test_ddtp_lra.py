@@ -99,8 +99,9 @@ def hand_lra(update_rule: int, loss: str, beta: float, gamma: float, lr: float =
 def expected_lra(update_rule: int, loss: str, beta: float, gamma: float, factor: float = 2.0,
                  output_error: str = "nll"):
     """Algorithms 1–2 one example at a time with column vectors, straight from the paper:
-    e3 = −y/z3 (eq. (2); z3 − y, the authors' code's e4, for output_error "residual"); y2 = tanh(h2 − βE3e3); e2 = −κ(y2 − z2) (Gaussian; κ = 2 is ∂ℒ/∂z2 of eq. (5),
-    κ = 1 eq. (3) as printed); y1 = tanh(h1 − βE2e2); e1 likewise;
+    e3 = −y/z3 (eq. (2); z3 − y, the authors' code's e4, for output_error "residual");
+    y2 = tanh(h2 − βE3e3); e2 = −κ(y2 − z2) (Gaussian; κ = 2 is ∂ℒ/∂z2 of eq. (5), κ = 1 eq. (3)
+    as printed); y1 = tanh(h1 − βE2e2); e1 likewise;
     rule 1: ΔWℓ = (eℓ ⊗ (1 − zℓ²)) zℓ₋₁ᵀ; rule 2: ΔWℓ = eℓ zℓ₋₁ᵀ for the hidden layers;
     ΔEℓ = γΔWℓᵀ for both (eq. (7)'s sign, the authors' code; rules/lra.py says why); at
     the softmax both take (diag(z3) − z3z3ᵀ)e3 z2ᵀ. Batch means."""

@@ -128,9 +128,11 @@ def test_markdown_says_when_a_cell_is_pending_or_a_quick_look():
 
 def test_a_full_run_rewrites_the_table_quoted_in_its_document(table, tmp_path, monkeypatch):
     document = tmp_path / "RESULTS.md"
-    before, after = "# Results\n\nProse before.\n\n<!-- generated table: tiny -->\n", "<!-- end of generated table -->\nAfter.\n"
+    before = "# Results\n\nProse before.\n\n<!-- generated table: tiny -->\n"
+    after = "<!-- end of generated table -->\nAfter.\n"
     document.write_text(before + "an older table\n" + after)
-    table.write_text(TABLE.replace('report = "test_error_at_best"\n', 'report = "test_error_at_best"\ndocument = "RESULTS.md"\n'))
+    table.write_text(TABLE.replace('report = "test_error_at_best"\n',
+                                   'report = "test_error_at_best"\ndocument = "RESULTS.md"\n'))
     monkeypatch.chdir(tmp_path)  # the default output folder, results/tiny, is relative to the working directory
     markdown_path, _, failed = reproduce.reproduce(table, jobs=2, progress=False)
     assert not failed and markdown_path == Path("results") / "tiny" / "tiny.md"

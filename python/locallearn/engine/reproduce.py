@@ -118,8 +118,8 @@ def load_table(path: str | Path) -> Table:
     if not seeds or not rows or not columns:
         raise ValueError(f"table {path}: needs at least one seed, row and column")
     document = (path.parent / raw["document"]).resolve() if "document" in raw else None
-    if document is not None:
-        document_span(document, path.stem)  # a missing document or marker is refused before anything trains
+    if document is not None:  # a missing document or marker is refused before anything trains
+        document_span(read_document(document, path.stem), document, path.stem)
     return Table(path, raw["title"], raw.get("source", ""), seeds, raw["report"], dict(raw.get("settings", {})),
                  tuple(rows), columns, document)
 
@@ -128,12 +128,15 @@ def document_start(name: str) -> str:
     return f"<!-- generated table: {name} -->"
 
 
-def document_span(document: Path, name: str) -> tuple[int, int]:
-    """Where the table ``name`` goes in ``document``: the offsets just after its start marker's
-    line and of its end marker."""
+def read_document(document: Path, name: str) -> str:
     if not document.is_file():
         raise ValueError(f"table {name}: its document {document} does not exist")
-    text = document.read_text(encoding="utf-8")
+    return document.read_text(encoding="utf-8")
+
+
+def document_span(text: str, document: Path, name: str) -> tuple[int, int]:
+    """Where the table ``name`` goes in ``document``'s ``text``: the offsets just after its start
+    marker's line and of its end marker."""
     start = text.find(document_start(name))
     end = text.find(DOCUMENT_END, start) if start >= 0 else -1
     if start < 0 or end < 0:
@@ -142,11 +145,10 @@ def document_span(document: Path, name: str) -> tuple[int, int]:
     return text.index("\n", start) + 1, end
 
 
-def write_into_document(document: Path, name: str, table_markdown: str) -> None:
-    """Replace the quoted table ``name`` in ``document`` by ``table_markdown`` without its heading."""
-    start, end = document_span(document, name)
-    text = document.read_text(encoding="utf-8")
-    body = table_markdown.split("\n", 2)[2] if table_markdown.startswith("# ") else table_markdown
+def write_into_document(document: Path, name: str, body: str) -> None:
+    """Replace the quoted table ``name`` in ``document`` by ``body``."""
+    text = read_document(document, name)
+    start, end = document_span(text, document, name)
     write_atomically(document, text[:start] + body + text[end:])
 
 
@@ -266,8 +268,14 @@ def summarise(table: Table, cells: list[Cell]) -> dict:
 
 
 def markdown(summary: dict, quick_epochs: int | None) -> str:
-    """The table as Markdown: ours (mean ± sd over seeds) / the paper's, and the gap."""
-    lines = [f"# {summary['title']}", ""]
+    """The table as Markdown: its title, then :func:`markdown_body`."""
+    return f"# {summary['title']}\n\n" + markdown_body(summary, quick_epochs)
+
+
+def markdown_body(summary: dict, quick_epochs: int | None) -> str:
+    """The table without its title, as a document quotes it: ours (mean ± sd over seeds) / the
+    paper's, and the gap."""
+    lines = []
     if summary["source"]:
         lines += [f"Paper: {summary['source']}. Reported: `{summary['report']}` (%), mean ± sd over seeds "
                   f"{summary['seeds']}; the paper's number and our gap to it beside.", ""]
@@ -321,8 +329,7 @@ def reproduce(table_path: str | Path, out_dir: str | Path | None = None, *, jobs
     if epochs is not None:
         out_dir = out_dir / f"quick-{epochs}-epochs"
     cells = plan(table, out_dir, epochs)
-    changed = {cell.run_dir: settings_changed(cell) for cell in cells}
-    changed = {run_dir: keys for run_dir, keys in changed.items() if keys}
+    changed = {cell.run_dir: keys for cell in cells if (keys := settings_changed(cell))}
     if changed:
         listed = "; ".join(f"{run_dir} ({', '.join(keys)})" for run_dir, keys in changed.items())
         raise ValueError(f"{len(changed)} cell(s) were trained with other settings than the table now gives them: "
@@ -344,6 +351,6 @@ def reproduce(table_path: str | Path, out_dir: str | Path | None = None, *, jobs
     json_path, markdown_path = out_dir / f"{table.path.stem}.json", out_dir / f"{table.path.stem}.md"
     json_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     markdown_path.write_text(markdown(summary, epochs), encoding="utf-8")
-    if table.document is not None and epochs is None and out_dir == default_out_dir:
-        write_into_document(table.document, table.path.stem, markdown_path.read_text(encoding="utf-8"))
+    if table.document is not None and out_dir == default_out_dir:  # a quick look has a folder of its own
+        write_into_document(table.document, table.path.stem, markdown_body(summary, epochs))
     return markdown_path, json_path, failed
