@@ -16,9 +16,7 @@ from torch import Tensor, nn
 
 from locallearn.models import Network
 from locallearn.models.network import LinearOutput
-
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
+from locallearn.rules.optimizers import OPTIMIZERS
 
 
 class Rule(ABC):
