@@ -40,3 +40,26 @@ def test_error_factor_decides_whether_targets_grow_or_shrink_down_the_net():
     # κ = 2: 0.50 at the top, up to 0.69 where tanh saturates; κ = 1: down to 0.27.
     assert all(lower > upper - 0.01 for upper, lower in zip(two, two[1:])) and two[-1] > two[0] + 0.1, two
     assert all(lower < upper for upper, lower in zip(one, one[1:])) and one[-1] < one[0] - 0.1, one
+
+
+def test_error_weight_alignment_measures_drift_from_the_draw_and_cosine_with_w_transposed():
+    from locallearn.models import build_model
+    from locallearn.rules.lra import LocalRepresentationAlignment
+
+    def rule():
+        torch.manual_seed(0)
+        model = build_model("mlp", (1, 8, 8), 10, depth=3, width=16, activation="tanh", batch_norm=False)
+        return LocalRepresentationAlignment(model, lr=0.01, optimizer="sgd")
+
+    initial, trained = rule(), rule()
+    assert [moved for moved, _ in lra_targets.error_weight_alignment(initial, trained)] == [0.0, 0.0, 0.0]
+    with torch.no_grad():
+        first, second = trained.error_weights[0], trained.error_weights[1]
+        first.mul_(1.5)  # moved by half its norm, direction kept
+        second.copy_(trained.layers[2].weight.T * 3)  # now parallel to W³ᵀ
+    (moved_first, cosine_first), (moved_second, cosine_second), unchanged = \
+        lra_targets.error_weight_alignment(initial, trained)
+    assert moved_first == pytest.approx(0.5)
+    assert cosine_first == pytest.approx(lra_targets.error_weight_alignment(initial, initial)[0][1])
+    assert cosine_second == pytest.approx(1.0)
+    assert unchanged[0] == 0.0

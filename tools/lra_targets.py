@@ -3,7 +3,9 @@
 For one batch, prints per hidden layer, top down, the mean |yˡ − zˡ| and the share of
 targets saturated (|yˡ| > 0.99): either at initialisation, for a recipe at several depths
 and error-unit factors κ (``--lra-error-factor``), or in a trained run (``--run-dir``),
-split into the test images the net classifies correctly and those it does not.
+split into the test images the net classifies correctly and those it does not; for a trained
+run also how far each error weight Eˡ has moved from its initial draw, ‖Eˡ − Eˡ₀‖ / ‖Eˡ₀‖, and
+its cosine with Wˡᵀ, the matrix eq. (5)'s targets need it to carry the error like.
 
     python tools/lra_targets.py --config configs/seed002-fashion-mnist-lra-e.toml --depths 3 5 8 --factors 2 1
     python tools/lra_targets.py --run-dir results/seed002-table2/lra-e/5-layers/seed-0
@@ -45,14 +47,28 @@ def at_initialisation(config: str, depths: list[int], factors: list[float], seed
             print(f"depth {depth}, κ {factor:g}, top down: " + describe(displacements(parts.rule, x, y)))
 
 
+def error_weight_alignment(initial, trained) -> list[tuple[float, float]]:
+    """(‖E − E₀‖ / ‖E₀‖, cos(E, Wᵀ)) of every error weight, bottom up, from two LRA-E rules built
+    with the same settings: ``initial`` as drawn, ``trained`` after training."""
+    rows = []
+    for start, now, layer in zip(initial.error_weights, trained.error_weights, trained.layers[1:]):
+        transposed = layer.weight.detach().T
+        cosine = (now * transposed).sum() / (now.norm() * transposed.norm())
+        rows.append(((now - start).norm().item() / start.norm().item(), cosine.item()))
+    return rows
+
+
 def trained(run_dir: str) -> None:
-    _, parts, epoch = load_trained(run_dir)
+    settings, parts, epoch = load_trained(run_dir)
     x, y = next(iter(parts.test_loader.epoch()))
     with torch.no_grad():
         correct = parts.rule.model(x).argmax(dim=1) == y
     print(f"{run_dir}, epoch {epoch}, first test batch ({int(correct.sum())} of {len(y)} correct), top down:")
     for name, mask in (("correct", correct), ("wrong", ~correct)):
         print(f"  {name}: " + describe(displacements(parts.rule, x, y, mask)))
+    alignment = error_weight_alignment(build_parts(settings).rule, parts.rule)
+    print("error weights, bottom up: " + "; ".join(f"E{index} moved {moved:.3f}, cos(E, Wᵀ) {cosine:.3f}"
+                                                     for index, (moved, cosine) in enumerate(alignment, start=2)))
 
 
 def main() -> None:
