@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from helpers import digits_test_accuracy, normalised_digits
+from locallearn.engine.schedule import scale_learning_rates
 from locallearn.models import build_model
 from locallearn.rules import Backprop
 from locallearn.rules.ddtp import DirectDifferenceTargetProp
@@ -221,8 +222,7 @@ def test_lra_error_weights_take_plain_steps_with_adam(gamma, generator):
     """With Adam the forward weights take Adam's step, the error weights E ← E − λΔE at
     Adam's current rate (so γ still slows them down); γ = 0 keeps them fixed."""
     rule = LocalRepresentationAlignment(small_model("mlp"), lr=1e-2, lra_gamma=gamma)
-    for group in rule.optimizer.param_groups:
-        group["lr"] = 3e-3  # as a learning-rate schedule would
+    scale_learning_rates(rule.optimizers(), 0.3)  # as the trainer's schedule does: 1e-2 → 3e-3
     x, labels = torch.randn(16, 1, 8, 8, generator=generator), torch.arange(16) % 10
     updates = rule.compute_updates(rule.compute_targets(x, labels))
     error_before = [weight.detach().clone() for weight in rule.error_weights]

@@ -15,10 +15,10 @@ error weights Eˡ (one per layer but the first, footnote 2), never through Wᵀ:
 These updates are not the gradient of one loss, so they are computed in closed form,
 averaged over the mini-batch. ΔW goes to the optimiser as ``.grad`` (W ← W − λΔW for
 SGD, as in §3); the biases, left out "for clarity", get the same rule with zˡ⁻¹ → 1.
-ΔE is applied as a plain step E ← E − λΔE at the optimiser's current rate: for SGD
-that is the paper's update, and with Adam it keeps γ's purpose, error weights that
-change more slowly than the forward weights (§2.1), which Adam's normalisation of
-each parameter's step would cancel.
+ΔE goes as ``.grad`` to plain SGD at the forward optimiser's rate (scheduled alike), a
+step E ← E − λΔE: for SGD that is the paper's update, and with Adam it keeps γ's
+purpose, error weights that change more slowly than the forward weights (§2.1), which
+Adam's normalisation of each parameter's step would cancel.
 
 At the softmax output, eᴸ ⊗ φ'(hᴸ) is read as the softmax's Jacobian applied to eᴸ,
 which is zᴸ − y; rule 2 keeps it there too and drops φ' of the hidden layers only
@@ -161,26 +161,22 @@ class LocalRepresentationAlignment(Rule):
             for layer in self.layers[1:])
         self.error_weights.to(device=self.device, dtype=self.layers[0].weight.dtype)
         self.optimizer = self.make_optimizer(model.parameters())
+        self.error_optimizer = torch.optim.SGD(self.error_weights.parameters(), lr=lr)
 
     def trainable_modules(self) -> nn.Module:
         return nn.ModuleDict({"model": self.model, "error_weights": self.error_weights})
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
+        return [self.optimizer, self.error_optimizer]
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         self.model.train()
         state = self.compute_targets(x, y)
-        updates = self.compute_updates(state)
-        with torch.no_grad():
-            rate = self.optimizer.param_groups[0]["lr"]
-            for weight in self.error_weights:
-                if weight in updates:
-                    weight.sub_(rate * updates.pop(weight).to(weight.dtype))
-        for parameter, update in updates.items():
+        for parameter, update in self.compute_updates(state).items():
             parameter.grad = update.to(parameter.dtype)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         logits = state.pre_activations[-1]
         output_loss = F.cross_entropy(logits, y)
         metrics = {f"loss/block{index}": self.local_loss.value(target, z).mean()
