@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -44,26 +45,36 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from locallearn import engine
+    from locallearn.engine import distributed
 
+    finished = False
     try:
+        world = distributed.world_from_environment()
+        progress = not args.no_progress
         if args.resume:
             changed = [name for name in _setting_names() if getattr(args, name) != args.command_parser.get_default(name)]
             if changed:
                 raise ValueError(f"--resume continues a run with its own config.toml; drop "
                                  f"{', '.join('--' + name.replace('_', '-') for name in changed)}")
-            trainer = engine.resume_run(args.resume, progress=not args.no_progress)
+            trainer = engine.resume_run(args.resume, progress=progress, world=world)
+        elif _restarted_by_torchrun() and args.run_dir and (Path(args.run_dir) / engine.CONFIG_NAME).is_file():
+            trainer = engine.resume_run(args.run_dir, progress=progress, world=world)  # torchrun --max-restarts
         else:
             settings = engine.TrainSettings(**{name: getattr(args, name) for name in _setting_names()})
-            trainer = engine.start_run(settings, progress=not args.no_progress)
-        print(f"run directory: {trainer.run_dir}", flush=True)
+            trainer = engine.start_run(settings, progress=progress, world=world)
+        if world.is_main:
+            print(f"run directory: {trainer.run_dir}", flush=True)
         record = trainer.fit()
+        finished = True
     except engine.DivergenceError as error:
         print(f"locallearn train: stopped: {error}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as error:
         print(f"locallearn train: error: {error}", file=sys.stderr)
         return 2
-    if record:
+    finally:
+        distributed.leave(finished)
+    if record and world.is_main:
         error = trainer.rule.model.task.error_name
         print(f"epoch {record['epoch']}: test {error} {record['test_error']:.4f}, "
               f"train {error} {record['train_error']:.4f}, {record['images_per_s']:.0f} images/s")
@@ -113,6 +124,12 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"locallearn reproduce: {len(failed)} cell(s) failed; rerun to resume them", file=sys.stderr)
         return 1
     return 0
+
+
+def _restarted_by_torchrun() -> bool:
+    """Whether torchrun restarted this process after a failure (``--max-restarts``): the run
+    then continues from its last checkpoint instead of refusing its existing run directory."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 def _setting_names(skip: tuple = ()) -> list[str]:

@@ -51,6 +51,7 @@ class DeviceLoader:
         shuffle: bool = True,
         drop_last: bool = False,
         classes_per_batch: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         _check_data(images, labels)
         channels = images.shape[1]
@@ -60,9 +61,14 @@ class DeviceLoader:
             raise ValueError(f"std must be positive, got {tuple(std)}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self._batch_sizes = batch_sizes(len(labels), batch_size, drop_last)
+        rank, ranks = shard
+        if not isinstance(ranks, int) or ranks < 1 or not isinstance(rank, int) or not 0 <= rank < ranks:
+            raise ValueError(f"shard must be (rank, ranks) with 0 <= rank < ranks, got {shard!r}")
+        self.rank, self.ranks = rank, ranks
+        self._batch_sizes = batch_sizes(len(labels), batch_size * ranks, drop_last)
         if not self._batch_sizes:
-            raise ValueError(f"drop_last with batch_size {batch_size} > {len(labels)} examples leaves no batch")
+            raise ValueError(f"drop_last with batch_size {batch_size}{f' × {ranks} ranks' if ranks > 1 else ''} > "
+                             f"{len(labels)} examples leaves no batch")
         if classes_per_batch is not None:
             present = len(torch.unique(labels))
             if not 1 <= classes_per_batch <= present:
@@ -85,9 +91,13 @@ class DeviceLoader:
         """Batches per epoch."""
         return len(self._batch_sizes)
 
-    def epoch(self, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-        """One pass over the data. The order and augmentation are drawn now, from
-        ``generator`` (needed unless the loader neither shuffles nor augments)."""
+    def epoch(self, generator: torch.Generator | None = None, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """One pass over the data, from batch ``start`` on (a run resumed mid-epoch). The
+        order and augmentation of the whole pass are drawn now, from ``generator`` (needed
+        unless the loader neither shuffles nor augments), so the batches after ``start``
+        are those an uninterrupted pass would give."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start must be a batch index in [0, {len(self)}], got {start}")
         if generator is None and (self.shuffle or self.augmentation is not None):
             raise ValueError("this loader shuffles or augments: pass a torch.Generator to epoch()")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -97,7 +107,7 @@ class DeviceLoader:
         if self.augmentation is not None:
             image_size = tuple(self._images.shape[2:])
             draws = self.augmentation.draw(len(order), image_size, generator).to(self.device)
-        return self._batches(order, draws)
+        return self._batches(order, draws, start)
 
     def _order(self, generator: torch.Generator | None) -> Tensor:
         count = sum(self._batch_sizes)
@@ -109,11 +119,15 @@ class DeviceLoader:
             order = torch.arange(count)
         return order.to(self.device)
 
-    def _batches(self, order: Tensor, draws: AugmentationDraws) -> Iterator[tuple[Tensor, Tensor]]:
-        start = 0
-        for size in self._batch_sizes:
-            rows = slice(start, start + size)
+    def _batches(self, order: Tensor, draws: AugmentationDraws, first_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        start = sum(self._batch_sizes[:first_batch])
+        for size in self._batch_sizes[first_batch:]:
+            share, extra = divmod(size, self.ranks)
+            first = start + self.rank * share + min(self.rank, extra)
+            rows = slice(first, first + share + (self.rank < extra))
             start += size
+            if rows.stop == rows.start:  # a last batch smaller than the number of ranks
+                continue
             indices = order[rows]
             yield self._transform(self._images[indices], draws.rows(rows)), self._labels[indices]
 

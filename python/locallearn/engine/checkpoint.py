@@ -1,16 +1,24 @@
 """Checkpoints that survive a crash: written to a temporary file in the same
 directory, flushed to disk, then renamed over the old one (an atomic replace), and
-read back with ``torch.load(..., weights_only=True)``."""
+read back with ``torch.load(..., weights_only=True)``.
+
+A run keeps its last K checkpoints as ``checkpoints/step-NNNNNNNNNN.pt`` and
+``checkpoints/last.pt``, the newest of them (a hard link, or a copy where the file
+system has none); see :func:`save_rotating`."""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+"""Format 1 (before mid-epoch checkpoints) holds one RNG state and no epoch progress; it is read as format 2."""
+STEP_NAME = re.compile(r"step-(\d+)\.pt")
 
 
 def save_atomic(state: dict, path: str | Path) -> None:
@@ -29,12 +37,51 @@ def save_atomic(state: dict, path: str | Path) -> None:
         raise
 
 
+def save_rotating(state: dict, last: str | Path, step: int, keep: int) -> Path:
+    """Save ``state`` as ``step-<step>.pt`` beside ``last``, make ``last`` the same file, and
+    delete all but the ``keep`` newest step files. Every file is replaced atomically, so a
+    crash at any point leaves ``last`` a complete checkpoint, the new one or the one before."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    last = Path(last)
+    path = last.parent / f"step-{step:010d}.pt"
+    save_atomic(state, path)
+    _replace_with_link(path, last)
+    for old in step_checkpoints(last.parent)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def step_checkpoints(directory: str | Path) -> list[Path]:
+    """The step checkpoints in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.iterdir() if STEP_NAME.fullmatch(path.name))
+
+
+def _replace_with_link(source: Path, destination: Path) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    os.close(handle)
+    os.unlink(temporary)
+    try:
+        os.link(source, temporary)
+    except OSError:  # no hard links here: a copy, written as atomically
+        save_atomic(torch.load(source, weights_only=True), temporary)
+    try:
+        os.replace(temporary, destination)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_atomic` (tensors and plain containers only)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = torch.load(path, map_location=map_location, weights_only=True)
-    if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path} is checkpoint format {state.get('format')!r}; this locallearn reads {FORMAT_VERSION}")
+    if state.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"{path} is checkpoint format {state.get('format')!r}; this locallearn reads formats "
+                         f"{', '.join(map(str, READABLE_FORMATS))}")
     return state

@@ -41,6 +41,22 @@ class MetricsLog:
             self.writer.close()
 
 
+class DiscardedLog:
+    """What a rank other than 0 of a data-parallel run logs to: nothing (rank 0 writes the run's log)."""
+
+    def truncate(self, size: int) -> None:
+        pass
+
+    def size(self) -> int:
+        return 0
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Every record of a JSON-lines file."""
     with Path(path).open(encoding="utf-8") as stream:

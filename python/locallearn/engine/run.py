@@ -14,6 +14,14 @@ import torch
 
 from locallearn import config, data
 from locallearn.engine.checkpoint import load_checkpoint
+from locallearn.engine.distributed import (
+    SINGLE_PROCESS,
+    World,
+    broadcast_from_main,
+    broadcast_module_state,
+    join,
+    rank_device,
+)
 from locallearn.engine.schedule import PAPER_DECAY, PAPER_MILESTONES
 from locallearn.engine.trainer import CHECKPOINT_NAME, Schedule, Trainer
 from locallearn.data import INPUT_SCALINGS
@@ -146,11 +154,24 @@ class TrainSettings:
     amp: bool = _option(False, "bfloat16 autocast")
     deterministic: bool = _option(False, "torch deterministic algorithms (reproducible, slower)")
     log_every: int = _option(50, "steps between metrics.jsonl step records", type=int)
+    checkpoint_every: int = _option(0, "also checkpoint every N steps within an epoch, so that a run killed "
+                                       "mid-epoch resumes there (0: at epoch ends only)", type=int)
+    keep_checkpoints: int = _option(2, "checkpoints kept, the newest as checkpoints/last.pt (best.pt besides)",
+                                    type=int)
+    world_size: int | None = _option(None, "processes training data-parallel: torchrun's WORLD_SIZE, recorded "
+                                           "by the run; every process trains batch-size examples per step, so "
+                                           "the global batch is world-size × batch-size", type=int)
+    sync_batch_norm: bool = _option(False, "data-parallel on GPUs: batch-norm statistics over the global batch "
+                                           "(torch.nn.SyncBatchNorm) instead of each process's own")
     tensorboard: bool = _option(False, "also write TensorBoard scalars (needs the tensorboard package)")
     run_dir: str | None = _option(None, "run directory (default: runs/DATA-MODEL-RULE-TIME)")
 
-    def resolved(self) -> TrainSettings:
-        """A copy with the defaults that depend on other settings filled in."""
+    def resolved(self, world: World = SINGLE_PROCESS) -> TrainSettings:
+        """A copy with the defaults that depend on other settings, or on the ``world`` of
+        processes this one belongs to, filled in."""
+        if self.world_size not in (None, world.size):
+            raise ValueError(f"world-size {self.world_size} given, but this run has {world.size} process(es): "
+                             f"start {self.world_size} with torchrun --nproc_per_node, or drop --world-size")
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         activation = self.activation or default_activation(self.rule)
         batch_norm = default_batch_norm(self.rule) if self.batch_norm is None else self.batch_norm
@@ -159,7 +180,7 @@ class TrainSettings:
         run_dir = self.run_dir or str(Path("runs") / "-".join(
             [self.data, self.model, self.rule, datetime.datetime.now().strftime("%Y%m%d-%H%M%S")]))
         return dataclasses.replace(self, device=device, activation=activation, batch_norm=batch_norm,
-                                   batch_size=batch_size, depth=depth, run_dir=run_dir)
+                                   batch_size=batch_size, depth=depth, run_dir=run_dir, world_size=world.size)
 
     def to_dict(self) -> dict:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
@@ -181,11 +202,20 @@ class RunParts:
     validation_loader: data.DeviceLoader | None = None
 
 
-def build_parts(settings: TrainSettings) -> RunParts:
-    """Dataset, loaders, model and rule from fully resolved settings, seeded by them."""
-    device = torch.device(settings.device)
+RANK_SEED_STRIDE = 1_000_033
+"""Rank r > 0 of a data-parallel run reseeds its global RNG (dropout, noise) with seed + r × this
+after building, so that ranks draw independent noise; rank 0 keeps a single process's stream."""
+
+
+def build_parts(settings: TrainSettings, world: World = SINGLE_PROCESS) -> RunParts:
+    """Dataset, loaders, model and rule from fully resolved settings, seeded by them; for a
+    rank of a data-parallel run, its shard of every loader and rank 0's parameters."""
+    device = torch.device(rank_device(world, settings.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA GPU is visible")
+    if settings.sync_batch_norm and world.is_distributed and device.type != "cuda":
+        raise ValueError("--sync-batch-norm needs GPUs: torch.nn.SyncBatchNorm has no CPU implementation; "
+                         "on CPUs every process normalises over its own batch")
     torch.manual_seed(settings.seed)
     torch.use_deterministic_algorithms(settings.deterministic)
     dataset = data.load_dataset(settings.data, settings.data_dir, seed=settings.seed,
@@ -193,7 +223,7 @@ def build_parts(settings: TrainSettings) -> RunParts:
     augmentation = data.default_augmentation(settings.data) if settings.augment else data.Augmentation()
     augmentation = dataclasses.replace(augmentation, cutout=settings.cutout)
     mean, std = dataset.input_statistics(settings.input_scaling)
-    common = dict(batch_size=settings.batch_size, device=device, mean=mean, std=std)
+    common = dict(batch_size=settings.batch_size, device=device, mean=mean, std=std, shard=(world.rank, world.size))
     # Full batches only: batch norm and the similarity loss need more than one example,
     # and the examples left over are in next epoch's reshuffle.
     train_loader = data.DeviceLoader(dataset.x_train, dataset.y_train, augmentation=augmentation, shuffle=True,
@@ -206,31 +236,41 @@ def build_parts(settings: TrainSettings) -> RunParts:
                         activation=settings.activation, dropout=settings.dropout,
                         batch_norm=settings.batch_norm).to(device)
     initialize(model, settings.init, settings.init_std)
+    if settings.sync_batch_norm:
+        if not any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+            raise ValueError(f"--sync-batch-norm: {model.name} has no batch norm (--batch-norm is off)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     options = {name: getattr(settings, name) for name in RULE_OPTIONS if getattr(settings, name) is not None}
     rule = build_rule(settings.rule, model, lr=settings.lr, optimizer=settings.optimizer,
                       weight_decay=settings.weight_decay, amp=settings.amp, seed=settings.seed,
                       init=settings.init, init_std=settings.init_std, **options)
+    if world.is_distributed:
+        broadcast_module_state(rule.trainable_modules())
+        torch.manual_seed(settings.seed + world.rank * RANK_SEED_STRIDE)
     return RunParts(dataset, train_loader, test_loader, rule, validation_loader)
 
 
-def build_trainer(settings: TrainSettings, *, progress: bool = True) -> Trainer:
+def build_trainer(settings: TrainSettings, *, progress: bool = True, world: World = SINGLE_PROCESS) -> Trainer:
     """Everything a run needs, from fully resolved settings."""
-    parts = build_parts(settings)
+    parts = build_parts(settings, world)
     schedule = Schedule(settings.epochs, settings.lr, tuple(settings.lr_milestones), settings.lr_decay,
-                        settings.log_every, settings.seed)
+                        settings.log_every, settings.seed, settings.checkpoint_every, settings.keep_checkpoints)
     return Trainer(parts.rule, parts.train_loader, parts.test_loader, schedule, settings.run_dir, progress=progress,
-                   tensorboard=settings.tensorboard, validation_loader=parts.validation_loader)
+                   tensorboard=settings.tensorboard, validation_loader=parts.validation_loader, world=world)
 
 
-def start_run(settings: TrainSettings, *, progress: bool = True) -> Trainer:
-    """A new run: refuses a run directory that already holds one, writes config.toml."""
-    settings = settings.resolved()
+def start_run(settings: TrainSettings, *, progress: bool = True, world: World = SINGLE_PROCESS) -> Trainer:
+    """A new run: refuses a run directory that already holds one, writes config.toml. In a
+    data-parallel run every rank calls this; rank 0's settings (its run directory) hold."""
+    settings = broadcast_from_main(settings.resolved(world))
+    join(world, rank_device(world, settings.device))
     run_dir = Path(settings.run_dir)
-    if (run_dir / CONFIG_NAME).exists():
+    if broadcast_from_main((run_dir / CONFIG_NAME).exists()):
         raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                          "or choose another --run-dir")
-    trainer = build_trainer(settings, progress=progress)
-    (run_dir / CONFIG_NAME).write_text(config.dump_toml(settings.to_dict()), encoding="utf-8")
+    trainer = build_trainer(settings, progress=progress, world=world)
+    if world.is_main:
+        (run_dir / CONFIG_NAME).write_text(config.dump_toml(settings.to_dict()), encoding="utf-8")
     return trainer
 
 
@@ -253,9 +293,17 @@ def settings_from_toml(path: str | Path) -> TrainSettings:
     return TrainSettings(**values)
 
 
-def resume_run(run_dir: str | Path, *, progress: bool = True) -> Trainer:
-    """The run in ``run_dir``, rebuilt from its config.toml and restored from its last checkpoint."""
-    trainer = build_trainer(read_settings(run_dir), progress=progress)
+def resume_run(run_dir: str | Path, *, progress: bool = True, world: World = SINGLE_PROCESS) -> Trainer:
+    """The run in ``run_dir``, rebuilt from its config.toml and restored from its last
+    checkpoint, with as many processes as it was started with."""
+    settings = read_settings(run_dir)
+    recorded = settings.world_size or 1
+    if recorded != world.size:
+        raise ValueError(f"{run_dir} was started with {recorded} process(es) and this resumption has {world.size}: "
+                         f"every step's global batch would differ; resume it with {recorded} (torchrun "
+                         f"--nproc_per_node and --nnodes)")
+    join(world, rank_device(world, settings.device))
+    trainer = build_trainer(settings, progress=progress, world=world)
     if trainer.checkpoint_path.is_file():
         trainer.resume()
     else:  # stopped before its first checkpoint: start over

@@ -110,13 +110,19 @@ class LocalLosses(Rule):
         targets = self._targets(y)
         metrics: dict[str, Tensor] = {}
         h_in = x
+        # Each block steps after the next block's backward: nothing downstream reads its
+        # parameters, so the update is the same, and in a data-parallel run its gradients'
+        # all-reduce overlaps that block's work (locallearn.engine.distributed).
+        previous = None
         for index, (block, heads, optimizer) in enumerate(zip(self.model.blocks, self.heads, self.block_optimizers)):
             with self.autocast():
                 h = block.features(h_in)
                 loss = self._local_loss(heads, h, y, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if previous is not None:
+                previous.step()
+            previous = optimizer
             metrics[f"loss/block{index}"] = loss.detach()
             with torch.no_grad():
                 h_in = block.emit(h.detach())
@@ -125,6 +131,8 @@ class LocalLosses(Rule):
             output_loss = F.cross_entropy(logits.float(), y)
         self.output_optimizer.zero_grad(set_to_none=True)
         (self.output_scale * output_loss).backward()
+        if previous is not None:
+            previous.step()
         self.output_optimizer.step()
         output_loss = output_loss.detach()
         metrics["loss/output"] = output_loss
