@@ -1,12 +1,13 @@
 """Data-parallel scaling: training images/s of one recipe on 1, 2, … processes (torchrun;
 gloo on CPUs, NCCL on GPUs), each count a ``locallearn train`` run of its own with the same
-per-process batch, plus the test error each reaches, side by side.
+per-process batch, plus the test error each reaches, side by side. Rates and waits are
+medians over the epochs after the first (the warm-up), so give it ``--epochs`` 3 or more.
 
 On a CPU, processes × threads per process is kept at the cores given (``--cores``), so
 that 2 processes of 1 thread are compared with 1 process of 2 threads on 2 cores:
 
     python benchmarks/bench_scaling.py --config configs/demo.toml --rule predsim --processes 1 2 \\
-        --cores 2 --epochs 1 --late --json bench_scaling.json
+        --cores 2 --epochs 6 --late --json bench_scaling.json
 
 ``--late`` adds, for every multi-process count, a run whose all-reduces start only at their
 optimiser's step; the seconds the steps wait for communication (rank 0's), beside the default
@@ -21,13 +22,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from common import versions
+from common import device_name, versions
 
 from locallearn import config
 from locallearn.engine.metrics import read_metrics
@@ -44,7 +45,7 @@ sys.exit(main())
 
 def run(settings: dict, processes: int, threads: int, run_dir: Path, late: bool = False) -> dict:
     """Train ``settings`` on ``processes`` processes of ``threads`` threads (``late``: no
-    communication started before its step); the last epoch's record."""
+    communication started before its step); its epoch records."""
     recipe = run_dir.with_suffix(".toml")
     recipe.parent.mkdir(parents=True, exist_ok=True)
     recipe.write_text(config.dump_toml(settings), encoding="utf-8")
@@ -60,7 +61,18 @@ def run(settings: dict, processes: int, threads: int, run_dir: Path, late: bool 
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if result.returncode != 0:
         raise SystemExit(f"bench_scaling: {processes} process(es) failed:\n{result.stderr[-3000:]}")
-    return [record for record in read_metrics(run_dir) if record["kind"] == "epoch"][-1]
+    return [record for record in read_metrics(run_dir) if record["kind"] == "epoch"]
+
+
+def summary(epochs: list[dict]) -> dict:
+    """Medians over the epochs after the first (the warm-up; the only one if there is one) of the
+    rates and waits, and the last epoch's test error."""
+    timed = epochs[1:] or epochs
+    median = lambda key: statistics.median(record.get(key, 0.0) for record in timed)  # noqa: E731
+    return {"images_per_s": median("images_per_s"), "train_seconds": median("train_seconds"),
+            "allreduce_wait_seconds": median("allreduce_wait_seconds"),
+            "allreduce_started_early": median("allreduce_started_early"),
+            "timed_epochs": len(timed), "test_error": epochs[-1]["test_error"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,12 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         threads = max(1, args.cores // processes)
         for late in (False, True) if args.late and processes > 1 else (False,):
             name = f"{processes}-processes" + ("-late" if late else "")
-            record = run(settings, processes, threads, out_dir / name, late)
-            rows.append({"processes": processes, "threads_per_process": threads, "communication": "late" if late
-                         else "early", "images_per_s": record["images_per_s"],
-                         "train_seconds": record["train_seconds"], "test_error": record["test_error"],
-                         "allreduce_wait_seconds": record.get("allreduce_wait_seconds", 0.0),
-                         "allreduce_started_early": record.get("allreduce_started_early", 0.0)})
+            epochs = run(settings, processes, threads, out_dir / name, late)
+            rows.append({"processes": processes, "threads_per_process": threads,
+                         "communication": "late" if late else "early", **summary(epochs)})
     base = rows[0]["images_per_s"]
     print(f"{'processes':>9} {'threads':>7} {'all-reduce':>10} {'images/s':>9} {'speed-up':>8} {'waited s':>8} "
           f"{'early':>6} {'test error':>10}")
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         device = settings.get("device", "cuda" if torch.cuda.is_available() else "cpu")
         result = {"benchmark": "scaling", "date": datetime.datetime.now().isoformat(timespec="seconds"),
                   "settings": settings, "cores": args.cores,
-                  "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
+                  "device": device_name(torch.device(device)),
                   **versions(), "runs": rows}
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
 

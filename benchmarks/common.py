@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -152,7 +154,17 @@ def speedup(ms: dict, other: str, base: str = "fused") -> str:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    """The GPU's name, or the CPU's model name (from /proc/cpuinfo on Linux, where
+    platform.processor() is often empty) with its core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model or 'cpu'}, {os.cpu_count()} cores"
 
 
 def versions() -> dict:

@@ -242,7 +242,9 @@ def test_scaling_benchmark_trains_on_one_and_two_processes(tmp_path, capsys):
     load_benchmark("bench_scaling").main(["--config", str(recipe), "--rule", "pred", "--processes", "1", "2",
                                           "--cores", "2", "--epochs", "1", "--late", "--out", str(tmp_path / "runs"),
                                           "--json", str(out)])
-    rows = json.loads(out.read_text())["runs"]
+    result = json.loads(out.read_text())
+    assert result["device"].endswith(f"{os.cpu_count()} cores")  # the machine is named
+    rows = result["runs"]
     assert [(row["processes"], row["threads_per_process"], row["communication"]) for row in rows] == \
         [(1, 2, "early"), (2, 1, "early"), (2, 1, "late")]
     assert all(row["images_per_s"] > 0 and 0 <= row["test_error"] < 0.9 for row in rows)
