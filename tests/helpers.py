@@ -108,3 +108,18 @@ def digits_test_accuracy(rule, steps: int, *, seed: int = 0, batch: int = 128) -
             rule.end_epoch((x_train[permutation[i:i + batch]], y_train[permutation[i:i + batch]])
                            for i in range(0, len(x_train), batch))
     return (rule.predict(x_test).argmax(1) == y_test).float().mean().item()
+
+
+def interrupt_at_step(trainer, step_number: int) -> None:
+    """Make ``trainer``'s rule raise KeyboardInterrupt at its ``step_number``-th training step
+    (a run stopped by the user there)."""
+    step, calls = trainer.rule.train_step, []
+
+    def interrupted(x, y):
+        calls.append(1)
+        if len(calls) == step_number:
+            raise KeyboardInterrupt
+        return step(x, y)
+
+    trainer.rule.train_step = interrupted
+

@@ -114,3 +114,15 @@ def test_every_kind_of_rule_can_be_analyzed(rule, tmp_path):
     report = analyze_run(run, max_samples=100, progress=False)["runs"][rule]
     assert report["discrepancy"] and report["discrepancy"][0]["total"] > 0
     assert len(report["intrinsic_dimension"]) == len(report["layers"]) == len(report["class_separation"])
+
+
+def test_activations_see_the_inputs_scaled_as_the_run_trained_on_them(tmp_path):
+    """A run trained on pixel/255 in [0, 1] (seed 002's --input-scaling unit) is analysed on
+    the same inputs, not standardised ones (the analysis standardised every run before)."""
+    run_dir = train_digits_run(tmp_path / "unit", input_scaling="unit")
+    collected = collect_activations(run_dir, max_samples=50)
+    _, parts, _ = engine.load_trained(run_dir)
+    expected = parts.rule.activations(parts.dataset.x_test[:50])  # digits are stored in [0, 1]
+    for layer, reference in zip(collected.layers, expected, strict=True):
+        torch.testing.assert_close(layer, reference.flatten(1))
+

@@ -28,7 +28,7 @@ from locallearn.engine.trainer import _epoch_generator
 
 sys.path.insert(0, str(Path(__file__).parent))
 import distributed_worker as worker  # noqa: E402
-from helpers import load_benchmark  # noqa: E402
+from helpers import interrupt_at_step, load_benchmark  # noqa: E402
 
 MEAN_RULES = ("backprop", "pred", "fa", "dfa", "dtp", "lra-e")
 """Rules whose every loss is a mean over the batch, so that averaging two half-batch gradients
@@ -147,15 +147,7 @@ def test_a_run_stopped_mid_epoch_resumes_there_and_ends_as_an_uninterrupted_one(
     engine.start_run(settings("whole"), progress=False).fit()
     trainer = engine.start_run(settings("stopped"), progress=False)
     steps_per_epoch = len(trainer.train_loader)
-    step, calls = trainer.rule.train_step, []
-
-    def stopped_at_step_60(x, y):
-        calls.append(1)
-        if len(calls) == 60:
-            raise KeyboardInterrupt
-        return step(x, y)
-
-    trainer.rule.train_step = stopped_at_step_60
+    interrupt_at_step(trainer, 60)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     state = engine.load_checkpoint(tmp_path / "stopped" / engine.CHECKPOINT_NAME)

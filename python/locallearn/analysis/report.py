@@ -65,11 +65,18 @@ def collect_activations(run_dir: str | Path, *, split: str = "test", max_samples
         raise ValueError(f"max_samples must be at least 4 (CKA's unbiased estimator and TwoNN need a few "
                          f"examples), got {max_samples}")
     settings, parts, epoch = load_trained(run_dir, device=device)
-    images = parts.dataset.x_test if split == "test" else parts.dataset.x_train
-    labels = parts.dataset.y_test if split == "test" else parts.dataset.y_train
-    images, labels = images[:max_samples], labels[:max_samples]
-    loader = data.DeviceLoader(images, labels, batch_size=batch_size, device=settings.device,
-                               mean=parts.dataset.mean, std=parts.dataset.std, shuffle=False)
+    mean, std = parts.dataset.input_statistics(settings.input_scaling)  # as the run saw its inputs
+    if isinstance(parts.dataset, data.StreamedDataset):
+        files = parts.dataset.test if split == "test" else parts.dataset.train
+        loader = data.StreamingLoader(files.subset(torch.arange(min(max_samples, len(files)))),
+                                      image_size=settings.image_size, batch_size=batch_size, device=settings.device,
+                                      mean=mean, std=std, augment=False, shuffle=False, workers=0,
+                                      bad_images=settings.bad_images)
+    else:
+        images = parts.dataset.x_test if split == "test" else parts.dataset.x_train
+        labels = parts.dataset.y_test if split == "test" else parts.dataset.y_train
+        loader = data.DeviceLoader(images[:max_samples], labels[:max_samples], batch_size=batch_size,
+                                   device=settings.device, mean=mean, std=std, shuffle=False)
     inputs = list(loader.epoch())
     batches = [(parts.rule.activations(x), y) for x, y in inputs]
     layers = [torch.cat([outputs[index].flatten(1) for outputs, _ in batches]) for index in range(len(batches[0][0]))]

@@ -12,7 +12,8 @@ from locallearn.data.dataset import Dataset
 from locallearn.data.digits import Split, load_digits
 from locallearn.data.mnist import load_mnist_family
 from locallearn.data.stl10 import load_stl10
-from locallearn.data.subset import stratified_subset
+from locallearn.data.stream import STREAMED_DATASETS
+from locallearn.data.subset import VALIDATION_SEED_OFFSET, stratified_subset
 from locallearn.data.svhn import load_svhn
 from locallearn.data.synthetic import make_synthetic
 
@@ -25,9 +26,7 @@ _FILE_LOADERS: dict[str, Callable[[str | Path | None], Split]] = {
     "svhn": load_svhn,
     "stl10": load_stl10,
 }
-DATASET_NAMES = (*_FILE_LOADERS, "digits", "synthetic")
-VALIDATION_SEED_OFFSET = 7_919
-"""The validation split's draw is offset from the training subset's, so the two differ."""
+DATASET_NAMES = (*_FILE_LOADERS, "digits", "synthetic", *STREAMED_DATASETS)
 
 
 def load_dataset(
@@ -51,6 +50,8 @@ def load_dataset(
     DatasetNotFoundError: nothing is downloaded."""
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if name in STREAMED_DATASETS:
+        raise ValueError(f"{name!r} is streamed from its files, not held in memory: use load_streamed")
     if synthetic_options and name != "synthetic":
         raise ValueError(f"options {sorted(synthetic_options)} only apply to the 'synthetic' dataset, not {name!r}")
     if name == "synthetic":

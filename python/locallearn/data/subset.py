@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+VALIDATION_SEED_OFFSET = 7_919
+"""The validation split's draw is offset from the training subset's, so the two differ."""
+
 
 def stratified_subset(labels: Tensor, size: int, seed: int) -> Tensor:
     """Indices (sorted) of ``size`` examples drawn at random without replacement, each

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from locallearn.engine.distributed import (
 )
 from locallearn.engine.schedule import PAPER_DECAY, PAPER_MILESTONES
 from locallearn.engine.trainer import CHECKPOINT_NAME, Schedule, Trainer
-from locallearn.data import INPUT_SCALINGS
+from locallearn.data import BAD_IMAGE_POLICIES, INPUT_SCALINGS
 from locallearn.models import ACTIVATIONS, INIT_SCHEMES, MODEL_NAMES, build_model, initialize
 from locallearn.rules import (
     OPTIMIZERS,
@@ -57,6 +58,13 @@ class TrainSettings:
     data: str = _option("digits", "dataset", choices=data.DATASET_NAMES)
     data_dir: str | None = _option(None, "directory holding the dataset's files (default: standard places)")
     train_subset: int | None = _option(None, "train on this many examples, class proportions kept", type=int)
+    image_size: int = _option(224, "imagenet, folder: side of the square crops the network sees (training: "
+                                   "random-resized crops; evaluation: resize to 256/224 of it, centre crop)",
+                              type=int)
+    workers: int | None = _option(None, "imagenet, folder: DataLoader worker processes decoding images, per "
+                                        "process (default: the CPU cores this process has, at most 8)", type=int)
+    bad_images: str = _option("stop", "imagenet, folder: an unreadable image file stops the run ('stop', naming "
+                                      "it) or is skipped and counted ('skip')", choices=BAD_IMAGE_POLICIES)
     validation: int = _option(0, "hold out this many training examples (class proportions kept) as a validation "
                                  "set: every epoch logs its error, checkpoints/best.pt keeps the epoch where it "
                                  "is lowest, and the run reports test error there (seed 002: 2000)", type=int)
@@ -192,14 +200,14 @@ def settings_fields() -> list[dataclasses.Field]:
 
 @dataclass
 class RunParts:
-    """What a run is made of, before the trainer: the dataset, its on-device loaders and
-    the rule (which holds the model)."""
+    """What a run is made of, before the trainer: the dataset, its loaders (on-device, or
+    streaming from image files) and the rule (which holds the model)."""
 
-    dataset: data.Dataset
-    train_loader: data.DeviceLoader
-    test_loader: data.DeviceLoader
+    dataset: data.Dataset | data.StreamedDataset
+    train_loader: data.DeviceLoader | data.StreamingLoader
+    test_loader: data.DeviceLoader | data.StreamingLoader
     rule: Rule
-    validation_loader: data.DeviceLoader | None = None
+    validation_loader: data.DeviceLoader | data.StreamingLoader | None = None
 
 
 RANK_SEED_STRIDE = 1_000_033
@@ -218,19 +226,10 @@ def build_parts(settings: TrainSettings, world: World = SINGLE_PROCESS) -> RunPa
                          "on CPUs every process normalises over its own batch")
     torch.manual_seed(settings.seed)
     torch.use_deterministic_algorithms(settings.deterministic)
-    dataset = data.load_dataset(settings.data, settings.data_dir, seed=settings.seed,
-                                train_subset=settings.train_subset, validation=settings.validation)
-    augmentation = data.default_augmentation(settings.data) if settings.augment else data.Augmentation()
-    augmentation = dataclasses.replace(augmentation, cutout=settings.cutout)
-    mean, std = dataset.input_statistics(settings.input_scaling)
-    common = dict(batch_size=settings.batch_size, device=device, mean=mean, std=std, shard=(world.rank, world.size))
-    # Full batches only: batch norm and the similarity loss need more than one example,
-    # and the examples left over are in next epoch's reshuffle.
-    train_loader = data.DeviceLoader(dataset.x_train, dataset.y_train, augmentation=augmentation, shuffle=True,
-                                     drop_last=True, classes_per_batch=settings.classes_per_batch, **common)
-    test_loader = data.DeviceLoader(dataset.x_test, dataset.y_test, shuffle=False, **common)
-    validation_loader = (None if dataset.x_validation is None else
-                         data.DeviceLoader(dataset.x_validation, dataset.y_validation, shuffle=False, **common))
+    if settings.data in data.STREAMED_DATASETS:
+        dataset, train_loader, test_loader, validation_loader = _streamed_loaders(settings, device, world)
+    else:
+        dataset, train_loader, test_loader, validation_loader = _in_memory_loaders(settings, device, world)
     model = build_model(settings.model, dataset.input_shape, dataset.num_classes, depth=settings.depth,
                         width=settings.width, width_multiplier=settings.width_multiplier,
                         activation=settings.activation, dropout=settings.dropout,
@@ -248,6 +247,50 @@ def build_parts(settings: TrainSettings, world: World = SINGLE_PROCESS) -> RunPa
         broadcast_module_state(rule.trainable_modules())
         torch.manual_seed(settings.seed + world.rank * RANK_SEED_STRIDE)
     return RunParts(dataset, train_loader, test_loader, rule, validation_loader)
+
+
+def _in_memory_loaders(settings: TrainSettings, device: torch.device, world: World) -> tuple:
+    """The dataset held on ``device`` and its train, test and validation (or None) loaders."""
+    dataset = data.load_dataset(settings.data, settings.data_dir, seed=settings.seed,
+                                train_subset=settings.train_subset, validation=settings.validation)
+    augmentation = data.default_augmentation(settings.data) if settings.augment else data.Augmentation()
+    augmentation = dataclasses.replace(augmentation, cutout=settings.cutout)
+    mean, std = dataset.input_statistics(settings.input_scaling)
+    common = dict(batch_size=settings.batch_size, device=device, mean=mean, std=std, shard=(world.rank, world.size))
+    # Full batches only: batch norm and the similarity loss need more than one example,
+    # and the examples left over are in next epoch's reshuffle.
+    train_loader = data.DeviceLoader(dataset.x_train, dataset.y_train, augmentation=augmentation, shuffle=True,
+                                     drop_last=True, classes_per_batch=settings.classes_per_batch, **common)
+    test_loader = data.DeviceLoader(dataset.x_test, dataset.y_test, shuffle=False, **common)
+    validation_loader = (None if dataset.x_validation is None else
+                         data.DeviceLoader(dataset.x_validation, dataset.y_validation, shuffle=False, **common))
+    return dataset, train_loader, test_loader, validation_loader
+
+
+def _streamed_loaders(settings: TrainSettings, device: torch.device, world: World) -> tuple:
+    """The image tree's files and their streaming train, test and validation (or None) loaders."""
+    if settings.cutout or settings.classes_per_batch is not None:
+        raise ValueError(f"--cutout and --classes-per-batch apply to in-memory datasets, not {settings.data!r}")
+    dataset = data.load_streamed(settings.data, settings.data_dir, image_size=settings.image_size,
+                                 seed=settings.seed, train_subset=settings.train_subset,
+                                 validation=settings.validation, bad_images=settings.bad_images)
+    mean, std = dataset.input_statistics(settings.input_scaling)
+    workers = default_workers() if settings.workers is None else settings.workers
+    common = dict(image_size=settings.image_size, batch_size=settings.batch_size, device=device, mean=mean,
+                  std=std, shard=(world.rank, world.size), workers=workers, bad_images=settings.bad_images)
+    train_loader = data.StreamingLoader(dataset.train, augment=settings.augment, shuffle=True, drop_last=True,
+                                        **common)
+    test_loader = data.StreamingLoader(dataset.test, augment=False, shuffle=False, **common)
+    validation_loader = (None if dataset.validation is None else
+                         data.StreamingLoader(dataset.validation, augment=False, shuffle=False, **common))
+    return dataset, train_loader, test_loader, validation_loader
+
+
+def default_workers() -> int:
+    """Decoding workers per process: the cores this machine has, shared among its processes
+    (torchrun's LOCAL_WORLD_SIZE), at most 8."""
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (os.cpu_count() or 1) // local_processes))
 
 
 def build_trainer(settings: TrainSettings, *, progress: bool = True, world: World = SINGLE_PROCESS) -> Trainer:

@@ -236,6 +236,9 @@ class Trainer:
             averages = self.averaging.started_early - early + self.averaging.started_late - late
             record["allreduce_wait_seconds"] = self.averaging.waited_seconds - waited
             record["allreduce_started_early"] = (self.averaging.started_early - early) / max(averages, 1)
+        skipped = getattr(self.train_loader, "skipped_images", None)
+        if skipped is not None:  # a streaming loader's unreadable files (this rank's, since the process started)
+            record["skipped_images"] = skipped
         if self.validation_loader is not None:
             record["validation_loss"], record["validation_error"] = self.evaluate(self.validation_loader)
             if self.best is None or record["validation_error"] < self.best["best_validation_error"]:
