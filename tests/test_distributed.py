@@ -116,7 +116,9 @@ def test_all_reduces_start_before_their_step_where_autograd_makes_the_gradients(
 
 def test_a_rank_killed_mid_epoch_is_restarted_and_the_run_ends_as_an_uninterrupted_one(two_rank_runs, tmp_path):
     """SIGKILL rank 1 at step 57 (epoch 2), 2 steps after the checkpoint of step 55; torchrun
-    (--max-restarts 1) restarts both ranks, which resume from that checkpoint."""
+    restarts both ranks, which resume from that checkpoint. --max-restarts 2: CI once saw a
+    rank abort in gloo's teardown after the resumed run had finished (torch 2.11); a further
+    restart finds the run complete and exits, as it would for a user."""
     recipe = tmp_path / "pred.toml"
     settings = worker.settings_for("pred", tmp_path / "run", worker.RANK_BATCH).to_dict()
     recipe.write_text(config.dump_toml({**settings, "checkpoint_every": 5}), encoding="utf-8")
@@ -134,7 +136,7 @@ def test_a_rank_killed_mid_epoch_is_restarted_and_the_run_ends_as_an_uninterrupt
         "    trainer.Trainer._stop_if_diverged = check_then_die\n", encoding="utf-8")
     pythonpath = os.pathsep.join(filter(None, [str(killer), os.environ.get("PYTHONPATH")]))
     result = torchrun("-m", "locallearn", "train", "--config", str(recipe), "--run-dir", str(tmp_path / "run"),
-                      "--no-progress", environment={"PYTHONPATH": pythonpath}, restarts=1)
+                      "--no-progress", environment={"PYTHONPATH": pythonpath}, restarts=2)
     assert "-9" in result.stderr or "SIGKILL" in result.stderr, result.stderr[-2000:]  # it did die
     assert_states_close(final_modules(two_rank_runs / "pred"), final_modules(tmp_path / "run"))
     assert epoch_records(tmp_path / "run") == epoch_records(two_rank_runs / "pred")

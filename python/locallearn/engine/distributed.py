@@ -13,6 +13,7 @@ writes the run directory; the others compute the same reduced metrics.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import time
 from collections.abc import Mapping
@@ -108,6 +109,9 @@ def leave(finished: bool = True) -> None:
     if finished:
         dist.barrier()  # a rank that tears down while another still sends makes that one abort
     dist.destroy_process_group()
+    # Free what still holds finished communication (work objects and their tensors) while the
+    # interpreter is alive: freed during its finalisation, gloo's threads can abort the process.
+    gc.collect()
 
 
 def broadcast_from_main(value):
