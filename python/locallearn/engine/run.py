@@ -62,7 +62,8 @@ class TrainSettings:
                                    "random-resized crops; evaluation: resize to 256/224 of it, centre crop)",
                               type=int)
     workers: int | None = _option(None, "imagenet, folder: DataLoader worker processes decoding images, per "
-                                        "process (default: the CPU cores this process has, at most 8)", type=int)
+                                        "process (default: the machine's cores shared among its processes, "
+                                        "at most 8)", type=int)
     bad_images: str = _option("stop", "imagenet, folder: an unreadable image file stops the run ('stop', naming "
                                       "it) or is skipped and counted ('skip')", choices=BAD_IMAGE_POLICIES)
     validation: int = _option(0, "hold out this many training examples (class proportions kept) as a validation "
