@@ -34,12 +34,7 @@ class Dataset:
 
     def input_statistics(self, scaling: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The (mean, std) a loader subtracts and divides by for ``scaling`` (INPUT_SCALINGS)."""
-        if scaling not in INPUT_SCALINGS:
-            raise ValueError(f"unknown input scaling {scaling!r}; choose one of {', '.join(INPUT_SCALINGS)}")
-        if scaling == "standardize":
-            return self.mean, self.std
-        channels = len(self.mean)
-        return (0.0,) * channels, (1.0,) * channels
+        return scaling_statistics(scaling, self.mean, self.std)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -55,6 +50,17 @@ class Dataset:
         x_validation, y_validation = validation or (None, None)
         return cls(name, *split[:4], num_classes=split.num_classes, mean=mean, std=std, x_validation=x_validation,
                    y_validation=y_validation)
+
+
+def scaling_statistics(scaling: str, mean: tuple[float, ...],
+                       std: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) that input ``scaling`` (INPUT_SCALINGS) normalises with, given a dataset's
+    per-channel ``mean`` and ``std``: those, or zeros and ones (pixel / 255 left in [0, 1])."""
+    if scaling not in INPUT_SCALINGS:
+        raise ValueError(f"unknown input scaling {scaling!r}; choose one of {', '.join(INPUT_SCALINGS)}")
+    if scaling == "standardize":
+        return mean, std
+    return (0.0,) * len(mean), (1.0,) * len(mean)
 
 
 def channel_mean_std(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

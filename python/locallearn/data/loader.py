@@ -15,7 +15,7 @@ from locallearn.data.augmentation import (
     flip_horizontally,
     translate,
 )
-from locallearn.data.sampling import batch_sizes, class_restricted_order
+from locallearn.data.sampling import batch_sizes, check_shard, class_restricted_order, rank_slices
 
 NO_DRAWS = AugmentationDraws(shifts=None, flips=None, cutout_corners=None)
 
@@ -61,10 +61,7 @@ class DeviceLoader:
             raise ValueError(f"std must be positive, got {tuple(std)}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        rank, ranks = shard
-        if not isinstance(ranks, int) or ranks < 1 or not isinstance(rank, int) or not 0 <= rank < ranks:
-            raise ValueError(f"shard must be (rank, ranks) with 0 <= rank < ranks, got {shard!r}")
-        self.rank, self.ranks = rank, ranks
+        self.rank, self.ranks = rank, ranks = check_shard(shard)
         self._batch_sizes = batch_sizes(len(labels), batch_size * ranks, drop_last)
         if not self._batch_sizes:
             raise ValueError(f"drop_last with batch_size {batch_size}{f' × {ranks} ranks' if ranks > 1 else ''} > "
@@ -85,7 +82,7 @@ class DeviceLoader:
         is_uint8 = images.dtype == torch.uint8
         self._images = images.to(self.device, torch.uint8 if is_uint8 else torch.float32)
         self._labels = labels.to(self.device, torch.int64)
-        self._scale, self._shift = _normalisation(mean, std, pixel_scale=255.0 if is_uint8 else 1.0, device=self.device)
+        self._scale, self._shift = normalisation(mean, std, pixel_scale=255.0 if is_uint8 else 1.0, device=self.device)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -120,14 +117,7 @@ class DeviceLoader:
         return order.to(self.device)
 
     def _batches(self, order: Tensor, draws: AugmentationDraws, first_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        start = sum(self._batch_sizes[:first_batch])
-        for size in self._batch_sizes[first_batch:]:
-            share, extra = divmod(size, self.ranks)
-            first = start + self.rank * share + min(self.rank, extra)
-            rows = slice(first, first + share + (self.rank < extra))
-            start += size
-            if rows.stop == rows.start:  # a last batch smaller than the number of ranks
-                continue
+        for rows in rank_slices(self._batch_sizes, self.rank, self.ranks, first_batch):
             indices = order[rows]
             yield self._transform(self._images[indices], draws.rows(rows)), self._labels[indices]
 
@@ -142,7 +132,7 @@ class DeviceLoader:
         return normalised
 
 
-def _normalisation(
+def normalisation(
     mean: Sequence[float], std: Sequence[float], pixel_scale: float, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """(scale, shift) of shape (1, C, 1, 1) with (pixel / pixel_scale - mean) / std = pixel * scale - shift."""

@@ -5,15 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from locallearn.data.cifar import load_cifar10, load_cifar100
 from locallearn.data.dataset import Dataset
 from locallearn.data.digits import Split, load_digits
 from locallearn.data.mnist import load_mnist_family
 from locallearn.data.stl10 import load_stl10
 from locallearn.data.stream import STREAMED_DATASETS
-from locallearn.data.subset import VALIDATION_SEED_OFFSET, stratified_subset
+from locallearn.data.subset import stratified_subset, validation_mask
 from locallearn.data.svhn import load_svhn
 from locallearn.data.synthetic import make_synthetic
 
@@ -65,10 +63,6 @@ def load_dataset(
         split = split._replace(x_train=split.x_train[kept], y_train=split.y_train[kept])
     if not validation:
         return Dataset.from_split(name, split)
-    if not 0 < validation < len(split.y_train):
-        raise ValueError(f"validation must hold out between 1 and {len(split.y_train) - 1} of the "
-                         f"{len(split.y_train)} training examples, got {validation}")
-    held_out = torch.zeros(len(split.y_train), dtype=torch.bool)
-    held_out[stratified_subset(split.y_train, validation, seed + VALIDATION_SEED_OFFSET)] = True
+    held_out = validation_mask(split.y_train, validation, seed)
     kept = split._replace(x_train=split.x_train[~held_out], y_train=split.y_train[~held_out])
     return Dataset.from_split(name, kept, (split.x_train[held_out], split.y_train[held_out]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,28 @@ def batch_sizes(count: int, batch_size: int, drop_last: bool) -> list[int]:
     if count % batch_size and not drop_last:
         sizes.append(count % batch_size)
     return sizes
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``shard`` = (rank, ranks) of a data-parallel run, checked."""
+    rank, ranks = shard
+    if not isinstance(ranks, int) or ranks < 1 or not isinstance(rank, int) or not 0 <= rank < ranks:
+        raise ValueError(f"shard must be (rank, ranks) with 0 <= rank < ranks, got {shard!r}")
+    return rank, ranks
+
+
+def rank_slices(sizes: Sequence[int], rank: int, ranks: int, first_batch: int = 0) -> Iterator[slice]:
+    """The rows of the epoch's order that ``rank`` of ``ranks`` takes from each batch of ``sizes``,
+    from batch ``first_batch`` on: the rank-th of ``ranks`` near-equal consecutive parts of the
+    batch. A batch smaller than the number of ranks leaves some ranks nothing; those are skipped."""
+    start = sum(sizes[:first_batch])
+    for size in sizes[first_batch:]:
+        share, extra = divmod(size, ranks)
+        first = start + rank * share + min(rank, extra)
+        rows = slice(first, first + share + (rank < extra))
+        start += size
+        if rows.stop > rows.start:
+            yield rows
 
 
 def class_restricted_order(

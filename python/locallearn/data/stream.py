@@ -25,11 +25,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from locallearn.data.dataset import INPUT_SCALINGS, channel_mean_std
+from locallearn.data.dataset import channel_mean_std, scaling_statistics
 from locallearn.data.files import DatasetNotFoundError
 from locallearn.data.folder import ImageList, find_val_labels, labelled_flat_folder, scan_class_folders
-from locallearn.data.sampling import batch_sizes
-from locallearn.data.subset import VALIDATION_SEED_OFFSET, stratified_subset
+from locallearn.data.loader import normalisation
+from locallearn.data.sampling import batch_sizes, check_shard, rank_slices
+from locallearn.data.subset import stratified_subset, validation_mask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -68,9 +69,7 @@ class StreamedDataset:
 
     def input_statistics(self, scaling: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The (mean, std) a loader subtracts and divides by for ``scaling`` (INPUT_SCALINGS)."""
-        if scaling not in INPUT_SCALINGS:
-            raise ValueError(f"unknown input scaling {scaling!r}; choose one of {', '.join(INPUT_SCALINGS)}")
-        return (self.mean, self.std) if scaling == "standardize" else ((0.0,) * 3, (1.0,) * 3)
+        return scaling_statistics(scaling, self.mean, self.std)
 
 
 def load_streamed(name: str, data_dir: str | Path | None, *, image_size: int = 224, seed: int = 0,
@@ -92,11 +91,7 @@ def load_streamed(name: str, data_dir: str | Path | None, *, image_size: int = 2
         train = train.subset(stratified_subset(train.labels, train_subset, seed))
     held_out = None
     if validation:
-        if not 0 < validation < len(train):
-            raise ValueError(f"validation must hold out between 1 and {len(train) - 1} of the {len(train)} "
-                             f"training images, got {validation}")
-        mask = torch.zeros(len(train), dtype=torch.bool)
-        mask[stratified_subset(train.labels, validation, seed + VALIDATION_SEED_OFFSET)] = True
+        mask = validation_mask(train.labels, validation, seed)
         train, held_out = train.subset(torch.nonzero(~mask)[:, 0]), train.subset(torch.nonzero(mask)[:, 0])
     if name == "imagenet":
         mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -184,8 +179,8 @@ def evaluation_view(image: Image.Image, size: int) -> Image.Image:
 
 
 class DecodedImages(torch.utils.data.Dataset):
-    """Item (index, seed) → (uint8 image (3, S, S), label), or None for an unreadable file
-    when ``bad_images`` is "skip"; seed None is the evaluation view."""
+    """Item (index, seed) → (uint8 image (3, S, S), label), or the file's path (a str) when it is
+    unreadable and ``bad_images`` is "skip"; seed None is the evaluation view."""
 
     def __init__(self, images: ImageList, image_size: int, bad_images: str) -> None:
         self.images, self.image_size, self.bad_images = images, image_size, bad_images
@@ -236,10 +231,7 @@ class StreamingLoader:
             raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        rank, ranks = shard
-        if not 0 <= rank < ranks:
-            raise ValueError(f"shard must be (rank, ranks) with 0 <= rank < ranks, got {shard!r}")
-        self.rank, self.ranks = rank, ranks
+        self.rank, self.ranks = rank, ranks = check_shard(shard)
         self._batch_sizes = batch_sizes(len(images), batch_size * ranks, drop_last)
         if not self._batch_sizes:
             raise ValueError(f"drop_last with batch_size {batch_size} × {ranks} rank(s) > {len(images)} images "
@@ -248,10 +240,7 @@ class StreamingLoader:
         self.augment, self.shuffle, self.workers, self.prefetch = augment, shuffle, workers, prefetch
         self.skipped_images = 0
         self._dataset = DecodedImages(images, image_size, bad_images)
-        mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
-        std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
-        self._scale = (1 / (255 * std64)).to(self.device, torch.float32)
-        self._shift = (mean64 / std64).to(self.device, torch.float32)
+        self._scale, self._shift = normalisation(mean, std, pixel_scale=255.0, device=self.device)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -271,19 +260,9 @@ class StreamingLoader:
         seeds = torch.randint(2**62, (count,), generator=cpu).tolist() if self.augment else [None] * count
         return self._batches(order.tolist(), seeds, start)
 
-    def _rank_batches(self, order: list[int], seeds: list, first_batch: int) -> list[list]:
-        batches, begin = [], sum(self._batch_sizes[:first_batch])
-        for size in self._batch_sizes[first_batch:]:
-            share, extra = divmod(size, self.ranks)
-            first = begin + self.rank * share + min(self.rank, extra)
-            last = first + share + (self.rank < extra)
-            begin += size
-            if last > first:
-                batches.append(list(zip(order[first:last], seeds[first:last])))
-        return batches
-
     def _batches(self, order: list[int], seeds: list, first_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        batches = self._rank_batches(order, seeds, first_batch)
+        batches = [list(zip(order[rows], seeds[rows]))
+                   for rows in rank_slices(self._batch_sizes, self.rank, self.ranks, first_batch)]
         if not batches:
             return
         pin = self.device.type == "cuda"

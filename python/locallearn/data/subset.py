@@ -26,3 +26,15 @@ def stratified_subset(labels: Tensor, size: int, seed: int) -> Tensor:
     priority = (rank + 0.5) / counts[shuffled]
     chosen = torch.sort(priority, stable=True).indices[:size]
     return torch.sort(order[chosen]).values
+
+
+def validation_mask(labels: Tensor, validation: int, seed: int) -> Tensor:
+    """Which of the training examples (``labels``) are held out as the validation set: ``validation``
+    of them, drawn as `stratified_subset` draws with the seed offset by VALIDATION_SEED_OFFSET."""
+    if not 0 < validation < len(labels):
+        raise ValueError(f"validation must hold out between 1 and {len(labels) - 1} of the "
+                         f"{len(labels)} training examples, got {validation}")
+    held_out = torch.zeros(len(labels), dtype=torch.bool)
+    held_out[stratified_subset(labels, validation, seed + VALIDATION_SEED_OFFSET)] = True
+    return held_out
+
