@@ -2,8 +2,8 @@
 // saturating half precision as the CUDA kernels do (csrc/kernels/cuda_utils.cuh).
 #pragma once
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <limits>
 #include <type_traits>

@@ -1,0 +1,89 @@
+// What the ops need beyond LibTorch's stable ABI (torch/csrc/stable, torch/headeronly), in
+// one place: the opmath type, dtype predicates, argument checks that raise with the op's own
+// message, and the formatting of sizes and devices in those messages. Every translation unit
+// that includes this is compiled with TORCH_TARGET_VERSION, so a non-stable ATen/c10 header
+// is a build error, not a silent ABI dependency.
+#pragma once
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/Dispatch_v2.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace locallearn {
+
+using Tensor = torch::stable::Tensor;
+using ScalarType = torch::headeronly::ScalarType;
+using Half = torch::headeronly::Half;
+using BFloat16 = torch::headeronly::BFloat16;
+
+// The type arithmetic on scalar_t is carried out in: float for the half types, else scalar_t.
+template <typename scalar_t>
+using opmath_t = std::conditional_t<std::is_same_v<scalar_t, Half> || std::is_same_v<scalar_t, BFloat16>, float,
+                                    scalar_t>;
+
+inline ScalarType opmath_dtype(ScalarType dtype) {
+  return dtype == ScalarType::Half || dtype == ScalarType::BFloat16 ? ScalarType::Float : dtype;
+}
+
+inline bool is_supported_float(ScalarType t) {
+  return t == ScalarType::Float || t == ScalarType::Double || t == ScalarType::Half || t == ScalarType::BFloat16;
+}
+
+inline bool is_floating(ScalarType t) { return is_supported_float(t); }
+
+// "[2, 3, 4]", as torch prints sizes.
+inline std::string format_sizes(torch::headeronly::IntHeaderOnlyArrayRef sizes) {
+  std::ostringstream text;
+  text << "[";
+  for (size_t i = 0; i < sizes.size(); ++i) text << (i ? ", " : "") << sizes[i];
+  text << "]";
+  return text.str();
+}
+
+// "cpu", "cuda:0", "meta": as torch prints devices.
+inline std::string format_device(const Tensor& tensor) {
+  if (tensor.is_cpu()) return "cpu";
+  if (tensor.is_cuda()) return "cuda:" + std::to_string(tensor.get_device_index());
+  return "meta";
+}
+
+template <typename... Parts>
+[[noreturn]] void raise(const Parts&... parts) {
+  std::ostringstream message;
+  ((message << parts), ...);
+  throw std::runtime_error(message.str());
+}
+
+// Raises std::runtime_error (RuntimeError in Python) with the concatenated message: the
+// stable ABI offers no ValueError, and the Python wrappers raise ValueError before dispatch.
+#define LOCALLEARN_CHECK(condition, ...)               \
+  do {                                                 \
+    if (!(condition)) ::locallearn::raise(__VA_ARGS__); \
+  } while (false)
+
+// The floating dtypes the ops implement, as the body's scalar_t.
+#define LOCALLEARN_DISPATCH_FLOATING(dtype, name, ...) \
+  THO_DISPATCH_V2(dtype, name, AT_WRAP(__VA_ARGS__), AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16)
+
+inline void check_same_device(const char* op, const char* name, const Tensor& tensor, const char* reference_name,
+                              const Tensor& reference) {
+  LOCALLEARN_CHECK(format_device(tensor) == format_device(reference), op, ": ", name, " is on ",
+                   format_device(tensor), " but ", reference_name, " is on ", format_device(reference));
+}
+
+inline void check_floating(const char* op, const char* name, const Tensor& tensor) {
+  LOCALLEARN_CHECK(is_floating(tensor.scalar_type()), op, ": ", name, " must be floating point, got ",
+                   tensor.scalar_type());
+}
+
+}  // namespace locallearn
