@@ -3,19 +3,9 @@
 // csrc/kernels/similarity_matching_math.h, shared with the CUDA kernels.
 #include "similarity_matching.h"
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
-#include <torch/library.h>
-
 #include <cmath>
 
 #include "../kernels/similarity_matching_math.h"
-#include "checks.h"
-#include "dtypes.h"
-#include "no_autocast.h"
 #include "storage_cast.h"
 
 namespace locallearn {
@@ -24,72 +14,78 @@ namespace {
 constexpr const char* kForward = "similarity_matching_loss";
 constexpr const char* kBackward = "similarity_matching_loss_backward";
 
-void check_forward_args(const at::Tensor& features, const std::optional<at::Tensor>& labels,
-                        const std::optional<at::Tensor>& target, int64_t num_classes) {
-  TORCH_CHECK_VALUE(features.dim() == 2, "similarity_matching_loss: features must be (B, D), got ",
-                    features.sizes());
-  TORCH_CHECK_VALUE(is_supported_float(features.scalar_type()),
+void check_forward_args(const Tensor& features, const std::optional<Tensor>& labels,
+                        const std::optional<Tensor>& target, int64_t num_classes) {
+  LOCALLEARN_CHECK(features.dim() == 2, "similarity_matching_loss: features must be (B, D), got ",
+                    format_sizes(features.sizes()));
+  LOCALLEARN_CHECK(is_supported_float(features.scalar_type()),
                     "similarity_matching_loss: features must be float32, float64, float16 or bfloat16, got ",
                     features.scalar_type());
   const int64_t batch = features.size(0);
-  TORCH_CHECK_VALUE(batch >= 2, "similarity_matching_loss: features needs a batch of at least 2, got ", batch);
-  TORCH_CHECK_VALUE(features.size(1) >= 1, "similarity_matching_loss: features needs at least one column");
-  TORCH_CHECK_VALUE(labels.has_value() != target.has_value(),
+  LOCALLEARN_CHECK(batch >= 2, "similarity_matching_loss: features needs a batch of at least 2, got ", batch);
+  LOCALLEARN_CHECK(features.size(1) >= 1, "similarity_matching_loss: features needs at least one column");
+  LOCALLEARN_CHECK(labels.has_value() != target.has_value(),
                     "similarity_matching_loss: give exactly one of labels and target");
   if (labels) {
-    TORCH_CHECK_VALUE(labels->dim() == 1 && labels->size(0) == batch,
-                      "similarity_matching_loss: labels must be (B,) = (", batch, ",), got ", labels->sizes());
-    TORCH_CHECK_VALUE(at::isIntegralType(labels->scalar_type(), /*includeBool=*/false),
+    LOCALLEARN_CHECK(labels->dim() == 1 && labels->size(0) == batch,
+                      "similarity_matching_loss: labels must be (B,) = (", batch, ",), got ", format_sizes(labels->sizes()));
+    LOCALLEARN_CHECK(is_integral(labels->scalar_type()),
                       "similarity_matching_loss: labels must be integers, got ", labels->scalar_type());
     check_same_device(kForward, "labels", *labels, "features", features);
-    TORCH_CHECK_VALUE(num_classes >= 1, "similarity_matching_loss: num_classes must be >= 1, got ", num_classes);
+    LOCALLEARN_CHECK(num_classes >= 1, "similarity_matching_loss: num_classes must be >= 1, got ", num_classes);
   } else {
-    TORCH_CHECK_VALUE(target->dim() == 2 && target->size(0) == batch && target->size(1) == batch,
+    LOCALLEARN_CHECK(target->dim() == 2 && target->size(0) == batch && target->size(1) == batch,
                       "similarity_matching_loss: target must be (B, B) = (", batch, ", ", batch, "), got ",
-                      target->sizes());
+                      format_sizes(target->sizes()));
     check_floating(kForward, "target", *target);
     check_same_device(kForward, "target", *target, "features", features);
   }
 }
 
-void check_backward_args(const at::Tensor& grad_loss, const at::Tensor& normalized, const at::Tensor& residual,
-                         const at::Tensor& row_stats) {
-  TORCH_CHECK_VALUE(grad_loss.dim() == 0, "similarity_matching_loss_backward: grad_loss must be 0-dim");
+void check_backward_args(const Tensor& grad_loss, const Tensor& normalized, const Tensor& residual,
+                         const Tensor& row_stats) {
+  LOCALLEARN_CHECK(grad_loss.dim() == 0, "similarity_matching_loss_backward: grad_loss must be 0-dim");
   check_floating(kBackward, "grad_loss", grad_loss);
   check_same_device(kBackward, "grad_loss", grad_loss, "normalized", normalized);
   check_same_device(kBackward, "residual", residual, "normalized", normalized);
   check_same_device(kBackward, "row_stats", row_stats, "normalized", normalized);
-  TORCH_CHECK_VALUE(normalized.dim() == 2 && is_supported_float(normalized.scalar_type()),
+  LOCALLEARN_CHECK(normalized.dim() == 2 && is_supported_float(normalized.scalar_type()),
                     "similarity_matching_loss_backward: normalized must be a floating (B, D) matrix");
   const int64_t batch = normalized.size(0);
-  TORCH_CHECK_VALUE(residual.sizes() == at::IntArrayRef({batch, batch}) &&
+  LOCALLEARN_CHECK(has_shape(residual, {batch, batch}) &&
                         residual.scalar_type() == normalized.scalar_type(),
                     "similarity_matching_loss_backward: residual must be (B, B) in the dtype of normalized");
-  TORCH_CHECK_VALUE(row_stats.sizes() == at::IntArrayRef({batch, kRowStatsWidth}) &&
-                        row_stats.scalar_type() == at::toOpMathType(normalized.scalar_type()),
+  LOCALLEARN_CHECK(has_shape(row_stats, {batch, kRowStatsWidth}) &&
+                        row_stats.scalar_type() == opmath_dtype(normalized.scalar_type()),
                     "similarity_matching_loss_backward: row_stats must be (B, ", int64_t(kRowStatsWidth),
                     ") in the opmath dtype of normalized");
 }
 
 // a @ b with the result in opmath dtype: cuBLAS accumulates half-precision
 // operands in fp32 and writes fp32; on the CPU the exact upcast does the same.
-at::Tensor matmul_opmath(const at::Tensor& a, const at::Tensor& b) {
-  const auto opmath = at::toOpMathType(a.scalar_type());
-  if (a.scalar_type() == opmath) return at::mm(a, b);
-  if (a.is_cuda()) return at::mm(a, b, opmath);
-  return at::mm(a.to(opmath), b.to(opmath));
+Tensor matmul_opmath(const Tensor& a, const Tensor& b) {
+  const ScalarType opmath = opmath_dtype(a.scalar_type());
+  Tensor out = torch::stable::new_empty(a, {a.size(0), b.size(1)}, opmath);
+  if (a.scalar_type() == opmath) {
+    mm_out(out, a, b);
+  } else if (a.is_cuda()) {
+    mm_out(out, a, b, opmath);
+  } else {
+    mm_out(out, torch::stable::to(a, opmath), torch::stable::to(b, opmath));
+  }
+  return out;
 }
 
 // ---- CPU passes -------------------------------------------------------------
 
-void normalize_rows_cpu(const at::Tensor& features, at::Tensor& normalized, at::Tensor& row_stats) {
+void normalize_rows_cpu(const Tensor& features, Tensor& normalized, Tensor& row_stats) {
   const int64_t rows = features.size(0), cols = features.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "normalize_rows_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  LOCALLEARN_DISPATCH_FLOATING(features.scalar_type(), "normalize_rows_cpu", [&] {
+    using acc_t = opmath_t<scalar_t>;
     const scalar_t* x = features.const_data_ptr<scalar_t>();
     scalar_t* z = normalized.mutable_data_ptr<scalar_t>();
     acc_t* stats = row_stats.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const scalar_t* xr = x + row * cols;
         double sum = 0;
@@ -112,11 +108,11 @@ void normalize_rows_cpu(const at::Tensor& features, at::Tensor& normalized, at::
   });
 }
 
-void residual_cpu(const at::Tensor& gram, const std::optional<at::Tensor>& labels, int64_t num_classes,
-                  const std::optional<at::Tensor>& target, at::Tensor& residual, at::Tensor& row_stats) {
+void residual_cpu(const Tensor& gram, const std::optional<Tensor>& labels, int64_t num_classes,
+                  const std::optional<Tensor>& target, Tensor& residual, Tensor& row_stats) {
   const int64_t batch = gram.size(0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, residual.scalar_type(), "residual_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  LOCALLEARN_DISPATCH_FLOATING(residual.scalar_type(), "residual_cpu", [&] {
+    using acc_t = opmath_t<scalar_t>;
     const acc_t* g = gram.const_data_ptr<acc_t>();
     const int64_t* y = labels ? labels->const_data_ptr<int64_t>() : nullptr;
     const acc_t* t = target ? target->const_data_ptr<acc_t>() : nullptr;
@@ -124,7 +120,7 @@ void residual_cpu(const at::Tensor& gram, const std::optional<at::Tensor>& label
     acc_t* stats = row_stats.mutable_data_ptr<acc_t>();
     const acc_t same_class = y ? label_similarity<acc_t>(true, num_classes) : acc_t(0);
     const acc_t other_class = y ? label_similarity<acc_t>(false, num_classes) : acc_t(0);
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const acc_t g_ii = self_similarity(stats[i * kRowStatsWidth + kNorm], stats[i * kRowStatsWidth + kInverseNorm]);
         double row_loss = 0;
@@ -147,17 +143,17 @@ void residual_cpu(const at::Tensor& gram, const std::optional<at::Tensor>& label
   });
 }
 
-void gradient_cpu(const at::Tensor& grad_loss, const at::Tensor& product, const at::Tensor& normalized,
-                  const at::Tensor& row_stats, at::Tensor& grad_features) {
+void gradient_cpu(const Tensor& grad_loss, const Tensor& product, const Tensor& normalized,
+                  const Tensor& row_stats, Tensor& grad_features) {
   const int64_t batch = normalized.size(0), dim = normalized.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, normalized.scalar_type(), "gradient_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const acc_t scale = grad_loss.item<acc_t>() * acc_t(4) / (acc_t(batch) * acc_t(batch));
+  LOCALLEARN_DISPATCH_FLOATING(normalized.scalar_type(), "gradient_cpu", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    const acc_t scale = *grad_loss.const_data_ptr<acc_t>() * acc_t(4) / (acc_t(batch) * acc_t(batch));
     const acc_t* p = product.const_data_ptr<acc_t>();
     const scalar_t* z = normalized.const_data_ptr<scalar_t>();
     const acc_t* stats = row_stats.const_data_ptr<acc_t>();
     scalar_t* out = grad_features.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const acc_t* p_i = p + i * dim;
         const scalar_t* z_i = z + i * dim;
@@ -182,71 +178,70 @@ void gradient_cpu(const at::Tensor& grad_loss, const at::Tensor& product, const 
 
 constexpr SimilarityMatchingPasses kCpuPasses{normalize_rows_cpu, residual_cpu, gradient_cpu};
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& features,
-                                                                       const std::optional<at::Tensor>& labels,
-                                                                       const std::optional<at::Tensor>& target,
-                                                                       int64_t num_classes) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> forward_cpu(Tensor features, std::optional<Tensor> labels,
+                                                       std::optional<Tensor> target, int64_t num_classes) {
   return similarity_matching_forward(kCpuPasses, features, labels, target, num_classes);
 }
 
-at::Tensor backward_cpu(const at::Tensor& grad_loss, const at::Tensor& normalized, const at::Tensor& residual,
-                        const at::Tensor& row_stats) {
+Tensor backward_cpu(Tensor grad_loss, Tensor normalized, Tensor residual, Tensor row_stats) {
   return similarity_matching_backward(kCpuPasses, grad_loss, normalized, residual, row_stats);
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> similarity_matching_forward(
-    const SimilarityMatchingPasses& passes, const at::Tensor& features, const std::optional<at::Tensor>& labels,
-    const std::optional<at::Tensor>& target, int64_t num_classes) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> similarity_matching_forward(const SimilarityMatchingPasses& passes,
+                                                                       const Tensor& features,
+                                                                       const std::optional<Tensor>& labels,
+                                                                       const std::optional<Tensor>& target,
+                                                                       int64_t num_classes) {
   check_forward_args(features, labels, target, num_classes);
-  const NoAutocast no_autocast;
-  const at::Tensor x = features.contiguous();
+  const Tensor x = torch::stable::contiguous(features);
   const int64_t batch = x.size(0), dim = x.size(1);
-  const auto opmath = at::toOpMathType(x.scalar_type());
+  const ScalarType opmath = opmath_dtype(x.scalar_type());
 
-  at::Tensor normalized = at::empty({batch, dim}, x.options());
-  at::Tensor row_stats = at::empty({batch, kRowStatsWidth}, x.options().dtype(opmath));
+  Tensor normalized = torch::stable::new_empty(x, {batch, dim});
+  Tensor row_stats = torch::stable::new_empty(x, {batch, kRowStatsWidth}, opmath);
   passes.normalize_rows(x, normalized, row_stats);
 
-  const at::Tensor gram = matmul_opmath(normalized, normalized.t());
-  at::Tensor residual = at::empty({batch, batch}, x.options());
-  const std::optional<at::Tensor> labels64 =
-      labels ? std::optional<at::Tensor>(labels->to(at::kLong).contiguous()) : std::nullopt;
-  const std::optional<at::Tensor> target_opmath =
-      target ? std::optional<at::Tensor>(target->to(opmath).contiguous()) : std::nullopt;
+  const Tensor gram = matmul_opmath(normalized, torch::stable::transpose(normalized, 0, 1));
+  Tensor residual = torch::stable::new_empty(x, {batch, batch});
+  const std::optional<Tensor> labels64 =
+      labels ? std::optional<Tensor>(torch::stable::contiguous(torch::stable::to(*labels, ScalarType::Long)))
+             : std::nullopt;
+  const std::optional<Tensor> target_opmath =
+      target ? std::optional<Tensor>(torch::stable::contiguous(torch::stable::to(*target, opmath))) : std::nullopt;
   passes.residual(gram, labels64, num_classes, target_opmath, residual, row_stats);
 
-  at::Tensor loss = row_stats.select(1, kRowLoss).sum().div_(static_cast<double>(batch) * batch);
+  // loss = sum of the row losses / B^2, as 0 - (-1/B^2) * sum (subtract is the stable op with a scalar).
+  const Tensor total = torch::stable::sum(torch::stable::select(row_stats, 1, kRowLoss));
+  Tensor loss = torch::stable::subtract(torch::stable::new_zeros(total, {}), total,
+                                        -1.0 / (static_cast<double>(batch) * batch));
   return {loss, normalized, residual, row_stats};
 }
 
-at::Tensor similarity_matching_backward(const SimilarityMatchingPasses& passes, const at::Tensor& grad_loss,
-                                        const at::Tensor& normalized, const at::Tensor& residual,
-                                        const at::Tensor& row_stats) {
+Tensor similarity_matching_backward(const SimilarityMatchingPasses& passes, const Tensor& grad_loss,
+                                    const Tensor& normalized, const Tensor& residual, const Tensor& row_stats) {
   check_backward_args(grad_loss, normalized, residual, row_stats);
-  const NoAutocast no_autocast;
-  const at::Tensor z = normalized.contiguous();
-  const at::Tensor product = matmul_opmath(residual.contiguous(), z);
-  at::Tensor grad_features = at::empty(z.sizes(), z.options());
-  passes.gradient(grad_loss.to(row_stats.scalar_type()), product, z, row_stats.contiguous(), grad_features);
+  const Tensor z = torch::stable::contiguous(normalized);
+  const Tensor product = matmul_opmath(torch::stable::contiguous(residual), z);
+  Tensor grad_features = torch::stable::new_empty(z, z.sizes());
+  passes.gradient(torch::stable::to(grad_loss, row_stats.scalar_type()), product, z,
+                  torch::stable::contiguous(row_stats), grad_features);
   return grad_features;
 }
 
 }  // namespace locallearn
 
-TORCH_LIBRARY_FRAGMENT(locallearn, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(locallearn, m) {
   m.def(
       "similarity_matching_loss(Tensor features, Tensor? labels, Tensor? target, int num_classes)"
-      " -> (Tensor loss, Tensor normalized, Tensor residual, Tensor row_stats)",
-      {at::Tag::pt2_compliant_tag});
+      " -> (Tensor loss, Tensor normalized, Tensor residual, Tensor row_stats)");
   m.def(
       "similarity_matching_loss_backward(Tensor grad_loss, Tensor normalized, Tensor residual, Tensor row_stats)"
-      " -> Tensor",
-      {at::Tag::pt2_compliant_tag});
+      " -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(locallearn, CPU, m) {
-  m.impl("similarity_matching_loss", &locallearn::forward_cpu);
-  m.impl("similarity_matching_loss_backward", &locallearn::backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(locallearn, CPU, m) {
+  m.impl("similarity_matching_loss", TORCH_BOX(&locallearn::forward_cpu));
+  m.impl("similarity_matching_loss_backward", TORCH_BOX(&locallearn::backward_cpu));
 }

@@ -13,7 +13,10 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include <array>
 #include <cstdint>
+#include <initializer_list>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -40,6 +43,35 @@ inline bool is_supported_float(ScalarType t) {
 }
 
 inline bool is_floating(ScalarType t) { return is_supported_float(t); }
+
+inline bool is_integral(ScalarType t) {
+  return t == ScalarType::Byte || t == ScalarType::Char || t == ScalarType::Short || t == ScalarType::Int ||
+         t == ScalarType::Long || t == ScalarType::UInt16 || t == ScalarType::UInt32 || t == ScalarType::UInt64;
+}
+
+inline bool has_shape(const Tensor& tensor, std::initializer_list<int64_t> shape) {
+  if (tensor.dim() != static_cast<int64_t>(shape.size())) return false;
+  int64_t d = 0;
+  for (const int64_t size : shape) {
+    if (tensor.size(d++) != size) return false;
+  }
+  return true;
+}
+
+// out = a @ b through the dispatcher's aten::mm.out, which autocast leaves alone; with
+// ``out_dtype``, aten::mm.dtype_out (cuBLAS writing fp32 from half-precision operands).
+inline void mm_out(Tensor& out, const Tensor& a, const Tensor& b, std::optional<ScalarType> out_dtype = std::nullopt) {
+  using torch::stable::detail::from;
+  if (out_dtype) {
+    std::array<StableIValue, 4> stack{from(a), from(b), from(*out_dtype), from(out)};
+    STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::mm", "dtype_out", stack.data(), TORCH_ABI_VERSION));
+    (void)torch::stable::detail::to<Tensor>(stack[0]);  // the returned reference to out, released
+  } else {
+    std::array<StableIValue, 3> stack{from(a), from(b), from(out)};
+    STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION));
+    (void)torch::stable::detail::to<Tensor>(stack[0]);
+  }
+}
 
 // "[2, 3, 4]", as torch prints sizes.
 inline std::string format_sizes(torch::headeronly::IntHeaderOnlyArrayRef sizes) {
