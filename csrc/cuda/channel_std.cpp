@@ -7,7 +7,8 @@ namespace locallearn {
 namespace {
 
 void forward_pass_cuda(const Tensor& rows, Tensor& std_out, Tensor& mean_out) {
-  LOCALLEARN_DISPATCH_FLOATING(rows.scalar_type(), "channel_std_cuda", [&] {
+  dispatch_floating(rows.scalar_type(), "channel_std_cuda", [&](auto zero) {
+    using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     STD_CUDA_CHECK((kernels::launch_channel_std<cuda_type<scalar_t>, acc_t>(
         device_ptr<scalar_t>(rows), rows.size(0), rows.size(1), std_out.mutable_data_ptr<acc_t>(),
@@ -17,7 +18,8 @@ void forward_pass_cuda(const Tensor& rows, Tensor& std_out, Tensor& mean_out) {
 
 void backward_pass_cuda(const Tensor& grad_std, const Tensor& rows, const Tensor& mean, const Tensor& deviation,
                         Tensor& grad_rows) {
-  LOCALLEARN_DISPATCH_FLOATING(rows.scalar_type(), "channel_std_backward_cuda", [&] {
+  dispatch_floating(rows.scalar_type(), "channel_std_backward_cuda", [&](auto zero) {
+    using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     STD_CUDA_CHECK((kernels::launch_channel_std_backward<cuda_type<scalar_t>, acc_t>(
         grad_std.const_data_ptr<acc_t>(), device_ptr<scalar_t>(rows), mean.const_data_ptr<acc_t>(),

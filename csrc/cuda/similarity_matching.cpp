@@ -9,7 +9,8 @@ namespace locallearn {
 namespace {
 
 void normalize_rows_cuda(const Tensor& features, Tensor& normalized, Tensor& row_stats) {
-  LOCALLEARN_DISPATCH_FLOATING(features.scalar_type(), "normalize_rows_cuda", [&] {
+  dispatch_floating(features.scalar_type(), "normalize_rows_cuda", [&](auto zero) {
+    using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     STD_CUDA_CHECK((kernels::launch_normalize_rows<cuda_type<scalar_t>, acc_t>(
         device_ptr<scalar_t>(features), features.size(0), features.size(1),
@@ -19,7 +20,8 @@ void normalize_rows_cuda(const Tensor& features, Tensor& normalized, Tensor& row
 
 void residual_cuda(const Tensor& gram, const std::optional<Tensor>& labels, int64_t num_classes,
                    const std::optional<Tensor>& target, Tensor& residual, Tensor& row_stats) {
-  LOCALLEARN_DISPATCH_FLOATING(residual.scalar_type(), "residual_cuda", [&] {
+  dispatch_floating(residual.scalar_type(), "residual_cuda", [&](auto zero) {
+    using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     STD_CUDA_CHECK((kernels::launch_similarity_residual<cuda_type<scalar_t>, acc_t>(
         gram.const_data_ptr<acc_t>(), gram.size(0), labels ? labels->const_data_ptr<int64_t>() : nullptr,
@@ -30,7 +32,8 @@ void residual_cuda(const Tensor& gram, const std::optional<Tensor>& labels, int6
 
 void gradient_cuda(const Tensor& grad_loss, const Tensor& product, const Tensor& normalized,
                    const Tensor& row_stats, Tensor& grad_features) {
-  LOCALLEARN_DISPATCH_FLOATING(normalized.scalar_type(), "gradient_cuda", [&] {
+  dispatch_floating(normalized.scalar_type(), "gradient_cuda", [&](auto zero) {
+    using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     STD_CUDA_CHECK((kernels::launch_similarity_gradient<cuda_type<scalar_t>, acc_t>(
         grad_loss.const_data_ptr<acc_t>(), product.const_data_ptr<acc_t>(), device_ptr<scalar_t>(normalized),

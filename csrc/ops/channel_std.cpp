@@ -42,7 +42,8 @@ Tensor as_rows(const Tensor& input) {
 
 void forward_pass_cpu(const Tensor& rows, Tensor& std_out, Tensor& mean_out) {
   const int64_t n_rows = rows.size(0), cols = rows.size(1);
-  LOCALLEARN_DISPATCH_FLOATING(rows.scalar_type(), "channel_std_cpu", [&] {
+  dispatch_floating(rows.scalar_type(), "channel_std_cpu", [&](auto zero) {
+    using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     const scalar_t* x = rows.const_data_ptr<scalar_t>();
     acc_t* deviation = std_out.mutable_data_ptr<acc_t>();
@@ -67,7 +68,8 @@ void forward_pass_cpu(const Tensor& rows, Tensor& std_out, Tensor& mean_out) {
 void backward_pass_cpu(const Tensor& grad_std, const Tensor& rows, const Tensor& mean_in,
                        const Tensor& deviation_in, Tensor& grad_rows) {
   const int64_t n_rows = rows.size(0), cols = rows.size(1);
-  LOCALLEARN_DISPATCH_FLOATING(rows.scalar_type(), "channel_std_backward_cpu", [&] {
+  dispatch_floating(rows.scalar_type(), "channel_std_backward_cpu", [&](auto zero) {
+    using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     const acc_t* g = grad_std.const_data_ptr<acc_t>();
     const scalar_t* x = rows.const_data_ptr<scalar_t>();

@@ -2,43 +2,37 @@
 // op; the window index arithmetic is shared with the CUDA kernels
 // (csrc/kernels/locally_connected_math.h).
 //
-// The CPU passes run one small GEMM per output location on opmath copies of that
-// location's patches (B, C_in*kh*kw), never the whole unfolded input.
+// The CPU passes run one small GEMM per output location (aten::mm.out on views of
+// per-thread opmath buffers) on that location's patches (B, C_in*kh*kw), never the
+// whole unfolded input; gathering, type conversion, bias and scattering are plain loops.
 #include "locally_connected.h"
-
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/zeros.h>
-#include <c10/util/irange.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "../kernels/locally_connected_math.h"
-#include "checks.h"
-#include "dtypes.h"
-#include "no_autocast.h"
 
 namespace locallearn {
 namespace {
 
 // ---- checks -----------------------------------------------------------------
 
-void check_tensor(const char* op, const char* name, const at::Tensor& tensor, int64_t dims, const char* layout) {
-  TORCH_CHECK_VALUE(tensor.dim() == dims, op, ": ", name, " must be ", layout, ", got ", tensor.sizes());
-  TORCH_CHECK_VALUE(is_supported_float(tensor.scalar_type()), op, ": ", name,
-                    " must be float32, float64, float16 or bfloat16, got ", tensor.scalar_type());
+void check_tensor(const char* op, const char* name, const Tensor& tensor, int64_t dims, const char* layout) {
+  LOCALLEARN_CHECK(tensor.dim() == dims, op, ": ", name, " must be ", layout, ", got ", format_sizes(tensor.sizes()));
+  LOCALLEARN_CHECK(is_supported_float(tensor.scalar_type()), op, ": ", name,
+                   " must be float32, float64, float16 or bfloat16, got ", tensor.scalar_type());
 }
 
-void check_pair(const char* op, const char* name, c10::IntArrayRef pair, int64_t minimum) {
-  TORCH_CHECK_VALUE(pair.size() == 2 && pair[0] >= minimum && pair[1] >= minimum, op, ": ", name,
-                    " must be two ints >= ", minimum, ", got ", pair);
+void check_same_dtype_and_device(const char* op, const char* name, const Tensor& tensor, const char* reference_name,
+                                 const Tensor& reference) {
+  LOCALLEARN_CHECK(tensor.scalar_type() == reference.scalar_type(), op, ": ", name, " must have the dtype of ",
+                   reference_name, " (", reference.scalar_type(), "), got ", tensor.scalar_type());
+  check_same_device(op, name, tensor, reference_name, reference);
+}
+
+void check_pair(const char* op, const char* name, IntArrayRef pair, int64_t minimum) {
+  LOCALLEARN_CHECK(pair.size() == 2 && pair[0] >= minimum && pair[1] >= minimum, op, ": ", name,
+                   " must be two ints >= ", minimum, ", got ", format_sizes(pair));
 }
 
 // Windows along one dim, as for torch.nn.Conv2d; 0 when the window does not fit.
@@ -48,14 +42,13 @@ int64_t window_count(int64_t size, int64_t kernel, int64_t stride, int64_t pad, 
 }
 
 LocallyConnectedGeometry make_geometry(const char* op, int64_t batch, int64_t in_channels, int64_t in_h,
-                                       int64_t in_w, int64_t out_channels, c10::IntArrayRef kernel_size,
-                                       c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                       c10::IntArrayRef dilation) {
+                                       int64_t in_w, int64_t out_channels, IntArrayRef kernel_size,
+                                       IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
   check_pair(op, "kernel_size", kernel_size, 1);
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
   check_pair(op, "dilation", dilation, 1);
-  TORCH_CHECK_VALUE(in_h >= 1 && in_w >= 1, op, ": the input must have a non-empty image, got ", in_h, "x", in_w);
+  LOCALLEARN_CHECK(in_h >= 1 && in_w >= 1, op, ": the input must have a non-empty image, got ", in_h, "x", in_w);
   LocallyConnectedGeometry g{};
   g.batch = batch;
   g.in_channels = in_channels;
@@ -72,35 +65,37 @@ LocallyConnectedGeometry make_geometry(const char* op, int64_t batch, int64_t in
   g.dilation_w = dilation[1];
   g.out_h = window_count(in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
   g.out_w = window_count(in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
-  TORCH_CHECK_VALUE(g.out_h >= 1 && g.out_w >= 1, op, ": a ", kernel_size, " window with dilation ", dilation,
-                    " does not fit in a ", in_h, "x", in_w, " input padded by ", padding);
+  LOCALLEARN_CHECK(g.out_h >= 1 && g.out_w >= 1, op, ": a ", format_sizes(kernel_size), " window with dilation ",
+                   format_sizes(dilation), " does not fit in a ", in_h, "x", in_w, " input padded by ",
+                   format_sizes(padding));
   return g;
 }
 
-void check_weight(const char* op, const at::Tensor& weight, const LocallyConnectedGeometry& g) {
-  TORCH_CHECK_VALUE(weight.sizes() == c10::IntArrayRef({g.locations(), g.out_channels, g.patch_size()}), op,
-                    ": weight must be (H_out*W_out, C_out, C_in*kh*kw) = (", g.locations(), ", ", g.out_channels,
-                    ", ", g.patch_size(), ") for a ", g.in_channels, "-channel ", g.in_h, "x", g.in_w,
-                    " input and this window, got ", weight.sizes());
+void check_weight(const char* op, const Tensor& weight, const LocallyConnectedGeometry& g) {
+  LOCALLEARN_CHECK(has_shape(weight, {g.locations(), g.out_channels, g.patch_size()}), op,
+                   ": weight must be (H_out*W_out, C_out, C_in*kh*kw) = (", g.locations(), ", ", g.out_channels,
+                   ", ", g.patch_size(), ") for a ", g.in_channels, "-channel ", g.in_h, "x", g.in_w,
+                   " input and this window, got ", format_sizes(weight.sizes()));
 }
 
 // ---- CPU passes -------------------------------------------------------------
 
-// at::parallel_for's worker threads do not inherit the caller's dispatch state:
-// every chunk of a CPU pass runs its matrix products below autograd and outside
-// autocast, as the calling thread does.
-struct KernelDispatchState {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  NoAutocast no_autocast;
-};
+// A (rows, columns) matrix view of memory this pass owns or only reads, for aten::mm.out.
+template <typename acc_t>
+Tensor matrix(const acc_t* data, int64_t rows, int64_t columns, int64_t row_stride, int64_t column_stride = 1) {
+  return torch::stable::from_blob(const_cast<acc_t*>(data), {rows, columns}, {row_stride, column_stride},
+                                  torch::stable::Device(torch::headeronly::DeviceType::CPU),
+                                  torch::headeronly::CppTypeToScalarType<acc_t>::value);
+}
+
+// out = a @ b for matrix views of opmath buffers.
+void matmul_into(Tensor out, const Tensor& a, const Tensor& b) { mm_out(out, a, b); }
 
 // Plane offsets (or -1 for padding) of the kernel taps of one output location.
 void tap_offsets(const LocallyConnectedGeometry& g, int64_t location, std::vector<int64_t>& offsets) {
   const int64_t oy = location / g.out_w, ox = location % g.out_w;
-  for (const auto i : c10::irange(g.kernel_h)) {
-    for (const auto j : c10::irange(g.kernel_w)) {
-      offsets[i * g.kernel_w + j] = tap_input_offset(g, oy, ox, i, j);
-    }
+  for (int64_t i = 0; i < g.kernel_h; ++i) {
+    for (int64_t j = 0; j < g.kernel_w; ++j) offsets[i * g.kernel_w + j] = tap_input_offset(g, oy, ox, i, j);
   }
 }
 
@@ -111,9 +106,9 @@ template <typename scalar_t, typename acc_t>
 void gather_patches(const scalar_t* planes_in, int64_t planes, int64_t plane_size,
                     const std::vector<int64_t>& offsets, acc_t* patches) {
   const int64_t taps = static_cast<int64_t>(offsets.size());
-  for (const auto p : c10::irange(planes)) {
+  for (int64_t p = 0; p < planes; ++p) {
     const scalar_t* plane = planes_in + p * plane_size;
-    for (const auto t : c10::irange(taps)) {
+    for (int64_t t = 0; t < taps; ++t) {
       patches[p * taps + t] = offsets[t] >= 0 ? static_cast<acc_t>(plane[offsets[t]]) : acc_t(0);
     }
   }
@@ -125,37 +120,58 @@ template <typename acc_t>
 void scatter_patches(const acc_t* patches, int64_t planes, int64_t plane_size, const std::vector<int64_t>& offsets,
                      acc_t* planes_out) {
   const int64_t taps = static_cast<int64_t>(offsets.size());
-  for (const auto p : c10::irange(planes)) {
+  for (int64_t p = 0; p < planes; ++p) {
     acc_t* plane = planes_out + p * plane_size;
-    for (const auto t : c10::irange(taps)) {
+    for (int64_t t = 0; t < taps; ++t) {
       if (offsets[t] >= 0) plane[offsets[t]] += patches[p * taps + t];
     }
   }
 }
 
-void forward_pass_cpu(const LocallyConnectedGeometry& g, const at::Tensor& input, const at::Tensor& weight,
-                      const at::Tensor& bias, at::Tensor& output) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "locally_connected2d_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto opmath = input.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+// ``rows`` × ``columns`` of storage values from ``source`` (row stride ``stride``) in opmath;
+// a view of ``source`` itself when the storage is the opmath type.
+template <typename scalar_t, typename acc_t>
+const acc_t* as_opmath(const scalar_t* source, int64_t rows, int64_t columns, int64_t stride,
+                       std::vector<acc_t>& buffer) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return source;
+  } else {
+    buffer.resize(rows * columns);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < columns; ++c) buffer[r * columns + c] = static_cast<acc_t>(source[r * stride + c]);
+    }
+    return buffer.data();
+  }
+}
+
+void forward_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& weight,
+                      const std::optional<Tensor>& bias, Tensor& output) {
+  dispatch_floating(input.scalar_type(), "locally_connected2d_cpu", [&](auto zero) {
+    using scalar_t = decltype(zero);
+    using acc_t = opmath_t<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const at::Tensor bias_columns = bias.defined() ? bias.view({g.out_channels, -1}).to(opmath) : at::Tensor();
-    at::Tensor output_columns = output.view({g.batch, g.out_channels, -1});
-    at::parallel_for(0, g.locations(), 1, [&](int64_t begin, int64_t end) {
-      const KernelDispatchState state;
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    const scalar_t* b = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    const int64_t patch = g.patch_size(), locations = g.locations();
+    torch::stable::parallel_for(0, locations, 1, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> offsets(g.kernel_h * g.kernel_w);
-      at::Tensor patches = at::empty({g.batch, g.patch_size()}, opmath);
-      at::Tensor result = at::empty({g.batch, g.out_channels}, opmath);
+      std::vector<acc_t> patches(g.batch * patch), result(g.batch * g.out_channels), kernel_buffer;
       for (int64_t location = begin; location < end; ++location) {
         tap_offsets(g, location, offsets);
-        gather_patches(x, g.batch * g.in_channels, g.in_h * g.in_w, offsets, patches.mutable_data_ptr<acc_t>());
-        const at::Tensor kernel = weight.select(0, location).to(opmath).t();
-        if (bias_columns.defined()) {
-          at::addmm_out(result, bias_columns.select(1, location), patches, kernel);
-        } else {
-          at::mm_out(result, patches, kernel);
+        gather_patches(x, g.batch * g.in_channels, g.in_h * g.in_w, offsets, patches.data());
+        // (C_out, K) weights of this location, read as their (K, C_out) transpose.
+        const acc_t* kernel = as_opmath(w + location * g.out_channels * patch, g.out_channels, patch, patch,
+                                        kernel_buffer);
+        matmul_into(matrix(result.data(), g.batch, g.out_channels, g.out_channels),
+                    matrix(patches.data(), g.batch, patch, patch), matrix(kernel, patch, g.out_channels, 1, patch));
+        for (int64_t n = 0; n < g.batch; ++n) {
+          for (int64_t c = 0; c < g.out_channels; ++c) {
+            const acc_t shift = b ? static_cast<acc_t>(b[c * locations + location]) : acc_t(0);
+            out[(n * g.out_channels + c) * locations + location] =
+                static_cast<scalar_t>(result[n * g.out_channels + c] + shift);
+          }
         }
-        output_columns.select(2, location).copy_(result);
       }
     });
   });
@@ -163,122 +179,148 @@ void forward_pass_cpu(const LocallyConnectedGeometry& g, const at::Tensor& input
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-void transpose_pass_cpu(const LocallyConnectedGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight,
-                        at::Tensor& grad_input) {
+void transpose_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& grad_output, const Tensor& weight,
+                        Tensor& grad_input) {
   // Blocks of batch rows x input channels, enough to keep every thread busy; each
   // block accumulates and writes its own part of grad_input.
-  const int64_t threads = at::get_num_threads();
+  const int64_t threads = torch::stable::get_num_threads();
   const int64_t batch_block = ceil_div(g.batch, std::min(g.batch, threads));
   const int64_t channel_block =
       ceil_div(g.in_channels, std::min(g.in_channels, ceil_div(threads, ceil_div(g.batch, batch_block))));
   const int64_t channel_blocks = ceil_div(g.in_channels, channel_block);
   const int64_t blocks = ceil_div(g.batch, batch_block) * channel_blocks;
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, grad_output.scalar_type(), "locally_connected2d_transpose_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const auto opmath = grad_output.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-        const at::Tensor grad_columns = grad_output.view({g.batch, g.out_channels, -1});
-        at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-          const KernelDispatchState state;
-          std::vector<int64_t> offsets(taps);
-          for (int64_t block = begin; block < end; ++block) {
-            const int64_t first_row = block / channel_blocks * batch_block;
-            const int64_t rows = std::min(batch_block, g.batch - first_row);
-            const int64_t first_channel = block % channel_blocks * channel_block;
-            const int64_t channels = std::min(channel_block, g.in_channels - first_channel);
-            at::Tensor accumulated = at::zeros({rows, channels, g.in_h, g.in_w}, opmath);
-            at::Tensor patch_grad = at::empty({rows, channels * taps}, opmath);
-            for (const auto location : c10::irange(g.locations())) {
-              tap_offsets(g, location, offsets);
-              const at::Tensor grad_rows = grad_columns.select(2, location).narrow(0, first_row, rows).to(opmath);
-              const at::Tensor kernel =
-                  weight.select(0, location).narrow(1, first_channel * taps, channels * taps).to(opmath);
-              at::mm_out(patch_grad, grad_rows, kernel);
-              scatter_patches(patch_grad.const_data_ptr<acc_t>(), rows * channels, g.in_h * g.in_w, offsets,
-                              accumulated.mutable_data_ptr<acc_t>());
+  const int64_t taps = g.kernel_h * g.kernel_w, patch = g.patch_size(), locations = g.locations();
+  const int64_t plane = g.in_h * g.in_w;
+  dispatch_floating(grad_output.scalar_type(), "locally_connected2d_transpose_cpu", [&](auto zero) {
+    using scalar_t = decltype(zero);
+    using acc_t = opmath_t<scalar_t>;
+    const scalar_t* grad = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    scalar_t* grad_in = grad_input.mutable_data_ptr<scalar_t>();
+    torch::stable::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> offsets(taps);
+      std::vector<acc_t> accumulated, patch_grad, grad_rows, kernel_buffer;
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t first_row = block / channel_blocks * batch_block;
+        const int64_t rows = std::min(batch_block, g.batch - first_row);
+        const int64_t first_channel = block % channel_blocks * channel_block;
+        const int64_t channels = std::min(channel_block, g.in_channels - first_channel);
+        accumulated.assign(rows * channels * plane, acc_t(0));
+        patch_grad.resize(rows * channels * taps);
+        grad_rows.resize(rows * g.out_channels);
+        for (int64_t location = 0; location < locations; ++location) {
+          tap_offsets(g, location, offsets);
+          for (int64_t n = 0; n < rows; ++n) {
+            for (int64_t c = 0; c < g.out_channels; ++c) {
+              grad_rows[n * g.out_channels + c] =
+                  static_cast<acc_t>(grad[((first_row + n) * g.out_channels + c) * locations + location]);
             }
-            grad_input.narrow(0, first_row, rows).narrow(1, first_channel, channels).copy_(accumulated);
           }
-        });
-      });
+          // This block's input channels of the location's (C_out, K) weights.
+          const acc_t* kernel = as_opmath(w + location * g.out_channels * patch + first_channel * taps,
+                                          g.out_channels, channels * taps, patch, kernel_buffer);
+          const int64_t kernel_stride = std::is_same_v<scalar_t, acc_t> ? patch : channels * taps;
+          matmul_into(matrix(patch_grad.data(), rows, channels * taps, channels * taps),
+                      matrix(grad_rows.data(), rows, g.out_channels, g.out_channels),
+                      matrix(kernel, g.out_channels, channels * taps, kernel_stride));
+          scatter_patches(patch_grad.data(), rows * channels, plane, offsets, accumulated.data());
+        }
+        for (int64_t n = 0; n < rows; ++n) {
+          for (int64_t c = 0; c < channels; ++c) {
+            const acc_t* from = accumulated.data() + (n * channels + c) * plane;
+            scalar_t* to = grad_in + ((first_row + n) * g.in_channels + first_channel + c) * plane;
+            for (int64_t e = 0; e < plane; ++e) to[e] = static_cast<scalar_t>(from[e]);
+          }
+        }
+      }
+    });
+  });
 }
 
-void weight_grad_pass_cpu(const LocallyConnectedGeometry& g, const at::Tensor& input, const at::Tensor& grad_output,
-                          at::Tensor& grad_weight) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, input.scalar_type(), "locally_connected2d_weight_grad_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const auto opmath = input.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-        const scalar_t* x = input.const_data_ptr<scalar_t>();
-        const at::Tensor grad_columns = grad_output.view({g.batch, g.out_channels, -1});
-        at::parallel_for(0, g.locations(), 1, [&](int64_t begin, int64_t end) {
-          const KernelDispatchState state;
-          std::vector<int64_t> offsets(g.kernel_h * g.kernel_w);
-          at::Tensor patches = at::empty({g.batch, g.patch_size()}, opmath);
-          at::Tensor result = at::empty({g.out_channels, g.patch_size()}, opmath);
-          for (int64_t location = begin; location < end; ++location) {
-            tap_offsets(g, location, offsets);
-            gather_patches(x, g.batch * g.in_channels, g.in_h * g.in_w, offsets,
-                           patches.mutable_data_ptr<acc_t>());
-            at::mm_out(result, grad_columns.select(2, location).to(opmath).t(), patches);
-            grad_weight.select(0, location).copy_(result);
+void weight_grad_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& grad_output,
+                          Tensor& grad_weight) {
+  dispatch_floating(input.scalar_type(), "locally_connected2d_weight_grad_cpu", [&](auto zero) {
+    using scalar_t = decltype(zero);
+    using acc_t = opmath_t<scalar_t>;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* grad = grad_output.const_data_ptr<scalar_t>();
+    scalar_t* grad_w = grad_weight.mutable_data_ptr<scalar_t>();
+    const int64_t patch = g.patch_size(), locations = g.locations();
+    torch::stable::parallel_for(0, locations, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> offsets(g.kernel_h * g.kernel_w);
+      std::vector<acc_t> patches(g.batch * patch), grad_columns(g.batch * g.out_channels),
+          result(g.out_channels * patch);
+      for (int64_t location = begin; location < end; ++location) {
+        tap_offsets(g, location, offsets);
+        gather_patches(x, g.batch * g.in_channels, g.in_h * g.in_w, offsets, patches.data());
+        for (int64_t n = 0; n < g.batch; ++n) {
+          for (int64_t c = 0; c < g.out_channels; ++c) {
+            grad_columns[n * g.out_channels + c] =
+                static_cast<acc_t>(grad[(n * g.out_channels + c) * locations + location]);
           }
-        });
-      });
+        }
+        // (C_out, K) = grad_columnsᵀ (C_out, B) @ patches (B, K).
+        matmul_into(matrix(result.data(), g.out_channels, patch, patch),
+                    matrix(grad_columns.data(), g.out_channels, g.batch, 1, g.out_channels),
+                    matrix(patches.data(), g.batch, patch, patch));
+        scalar_t* to = grad_w + location * g.out_channels * patch;
+        for (int64_t e = 0; e < g.out_channels * patch; ++e) to[e] = static_cast<scalar_t>(result[e]);
+      }
+    });
+  });
 }
 
 constexpr LocallyConnectedPasses kCpuPasses{forward_pass_cpu, transpose_pass_cpu, weight_grad_pass_cpu};
 
-at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                       c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                       c10::IntArrayRef dilation) {
+using Ints = std::vector<int64_t>;
+
+Tensor forward_cpu(Tensor input, Tensor weight, std::optional<Tensor> bias, Ints kernel_size, Ints stride,
+                   Ints padding, Ints dilation) {
   return locally_connected2d_forward(kCpuPasses, input, weight, bias, kernel_size, stride, padding, dilation);
 }
 
-at::Tensor transpose_cpu(const at::Tensor& grad_output, const at::Tensor& weight, c10::IntArrayRef input_size,
-                         c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                         c10::IntArrayRef dilation) {
+Tensor transpose_cpu(Tensor grad_output, Tensor weight, Ints input_size, Ints kernel_size, Ints stride, Ints padding,
+                     Ints dilation) {
   return locally_connected2d_transpose(kCpuPasses, grad_output, weight, input_size, kernel_size, stride, padding,
                                        dilation);
 }
 
-at::Tensor weight_grad_cpu(const at::Tensor& input, const at::Tensor& grad_output, c10::IntArrayRef kernel_size,
-                           c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+Tensor weight_grad_cpu(Tensor input, Tensor grad_output, Ints kernel_size, Ints stride, Ints padding,
+                       Ints dilation) {
   return locally_connected2d_weight_grad(kCpuPasses, input, grad_output, kernel_size, stride, padding, dilation);
 }
 
 }  // namespace
 
-at::Tensor locally_connected2d_forward(const LocallyConnectedPasses& passes, const at::Tensor& input,
-                                       const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                                       c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
-                                       c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+Tensor locally_connected2d_forward(const LocallyConnectedPasses& passes, const Tensor& input, const Tensor& weight,
+                                   const std::optional<Tensor>& bias, IntArrayRef kernel_size, IntArrayRef stride,
+                                   IntArrayRef padding, IntArrayRef dilation) {
   constexpr const char* op = "locally_connected2d";
   check_tensor(op, "input", input, 4, "(B, C_in, H, W)");
   check_tensor(op, "weight", weight, 3, "(H_out*W_out, C_out, C_in*kh*kw)");
   check_same_dtype_and_device(op, "weight", weight, "input", input);
   const LocallyConnectedGeometry g = make_geometry(op, input.size(0), input.size(1), input.size(2), input.size(3),
                                                    weight.size(1), kernel_size, stride, padding, dilation);
-  TORCH_CHECK_VALUE(g.in_channels >= 1, op, ": input must have at least one channel, got ", input.sizes());
+  LOCALLEARN_CHECK(g.in_channels >= 1, op, ": input must have at least one channel, got ",
+                   format_sizes(input.sizes()));
   check_weight(op, weight, g);
   if (bias) {
     check_same_dtype_and_device(op, "bias", *bias, "input", input);
-    TORCH_CHECK_VALUE(bias->sizes() == c10::IntArrayRef({g.out_channels, g.out_h, g.out_w}), op,
-                      ": bias must be (C_out, H_out, W_out) = (", g.out_channels, ", ", g.out_h, ", ", g.out_w,
-                      "), got ", bias->sizes());
+    LOCALLEARN_CHECK(has_shape(*bias, {g.out_channels, g.out_h, g.out_w}), op,
+                     ": bias must be (C_out, H_out, W_out) = (", g.out_channels, ", ", g.out_h, ", ", g.out_w,
+                     "), got ", format_sizes(bias->sizes()));
   }
-  const NoAutocast no_autocast;
-  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  Tensor output = torch::stable::new_empty(input, {g.batch, g.out_channels, g.out_h, g.out_w});
   if (output.numel() == 0) return output;
-  passes.forward(g, input.contiguous(), weight.contiguous(), bias ? bias->contiguous() : at::Tensor(), output);
+  const std::optional<Tensor> contiguous_bias =
+      bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
+  passes.forward(g, torch::stable::contiguous(input), torch::stable::contiguous(weight), contiguous_bias, output);
   return output;
 }
 
-at::Tensor locally_connected2d_transpose(const LocallyConnectedPasses& passes, const at::Tensor& grad_output,
-                                         const at::Tensor& weight, c10::IntArrayRef input_size,
-                                         c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
-                                         c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+Tensor locally_connected2d_transpose(const LocallyConnectedPasses& passes, const Tensor& grad_output,
+                                     const Tensor& weight, IntArrayRef input_size, IntArrayRef kernel_size,
+                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
   constexpr const char* op = "locally_connected2d_transpose";
   check_tensor(op, "grad_output", grad_output, 4, "(B, C_out, H_out, W_out)");
   check_tensor(op, "weight", weight, 3, "(H_out*W_out, C_out, C_in*kh*kw)");
@@ -287,61 +329,58 @@ at::Tensor locally_connected2d_transpose(const LocallyConnectedPasses& passes, c
   LocallyConnectedGeometry g = make_geometry(op, grad_output.size(0), 0, input_size[0], input_size[1],
                                              grad_output.size(1), kernel_size, stride, padding, dilation);
   const int64_t taps = g.kernel_h * g.kernel_w;
-  TORCH_CHECK_VALUE(weight.size(2) >= taps && weight.size(2) % taps == 0, op,
-                    ": weight's last dim must be C_in*kh*kw, a positive multiple of ", taps, ", got ", weight.sizes());
+  LOCALLEARN_CHECK(weight.size(2) >= taps && weight.size(2) % taps == 0, op,
+                   ": weight's last dim must be C_in*kh*kw, a positive multiple of ", taps, ", got ",
+                   format_sizes(weight.sizes()));
   g.in_channels = weight.size(2) / taps;
-  TORCH_CHECK_VALUE(grad_output.size(2) == g.out_h && grad_output.size(3) == g.out_w, op,
-                    ": grad_output must be (B, C_out, ", g.out_h, ", ", g.out_w, ") for input_size ", input_size,
-                    " and this window, got ", grad_output.sizes());
+  LOCALLEARN_CHECK(grad_output.size(2) == g.out_h && grad_output.size(3) == g.out_w, op,
+                   ": grad_output must be (B, C_out, ", g.out_h, ", ", g.out_w, ") for input_size ",
+                   format_sizes(input_size), " and this window, got ", format_sizes(grad_output.sizes()));
   check_weight(op, weight, g);
-  const NoAutocast no_autocast;
-  at::Tensor grad_input = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
+  Tensor grad_input = torch::stable::new_zeros(grad_output, {g.batch, g.in_channels, g.in_h, g.in_w});
   if (grad_input.numel() == 0 || g.out_channels == 0) return grad_input;
-  passes.transpose(g, grad_output.contiguous(), weight.contiguous(), grad_input);
+  passes.transpose(g, torch::stable::contiguous(grad_output), torch::stable::contiguous(weight), grad_input);
   return grad_input;
 }
 
-at::Tensor locally_connected2d_weight_grad(const LocallyConnectedPasses& passes, const at::Tensor& input,
-                                           const at::Tensor& grad_output, c10::IntArrayRef kernel_size,
-                                           c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                           c10::IntArrayRef dilation) {
+Tensor locally_connected2d_weight_grad(const LocallyConnectedPasses& passes, const Tensor& input,
+                                       const Tensor& grad_output, IntArrayRef kernel_size, IntArrayRef stride,
+                                       IntArrayRef padding, IntArrayRef dilation) {
   constexpr const char* op = "locally_connected2d_weight_grad";
   check_tensor(op, "input", input, 4, "(B, C_in, H, W)");
   check_tensor(op, "grad_output", grad_output, 4, "(B, C_out, H_out, W_out)");
   check_same_dtype_and_device(op, "grad_output", grad_output, "input", input);
   const LocallyConnectedGeometry g = make_geometry(op, input.size(0), input.size(1), input.size(2), input.size(3),
                                                    grad_output.size(1), kernel_size, stride, padding, dilation);
-  TORCH_CHECK_VALUE(grad_output.size(0) == g.batch && grad_output.size(2) == g.out_h && grad_output.size(3) == g.out_w,
-                    op, ": grad_output must be (B, C_out, H_out, W_out) = (", g.batch, ", C_out, ", g.out_h, ", ",
-                    g.out_w, ") for input ", input.sizes(), " and this window, got ", grad_output.sizes());
-  TORCH_CHECK_VALUE(g.in_channels >= 1, op, ": input must have at least one channel, got ", input.sizes());
-  const NoAutocast no_autocast;
-  at::Tensor grad_weight = at::empty({g.locations(), g.out_channels, g.patch_size()}, input.options());
+  LOCALLEARN_CHECK(
+      grad_output.size(0) == g.batch && grad_output.size(2) == g.out_h && grad_output.size(3) == g.out_w, op,
+      ": grad_output must be (B, C_out, H_out, W_out) = (", g.batch, ", C_out, ", g.out_h, ", ", g.out_w,
+      ") for input ", format_sizes(input.sizes()), " and this window, got ", format_sizes(grad_output.sizes()));
+  LOCALLEARN_CHECK(g.in_channels >= 1, op, ": input must have at least one channel, got ",
+                   format_sizes(input.sizes()));
+  Tensor grad_weight = torch::stable::new_empty(input, {g.locations(), g.out_channels, g.patch_size()});
   if (grad_weight.numel() == 0) return grad_weight;
-  if (g.batch == 0) return grad_weight.zero_();
-  passes.weight_grad(g, input.contiguous(), grad_output.contiguous(), grad_weight);
+  if (g.batch == 0) return torch::stable::zero_(grad_weight);
+  passes.weight_grad(g, torch::stable::contiguous(input), torch::stable::contiguous(grad_output), grad_weight);
   return grad_weight;
 }
 
 }  // namespace locallearn
 
-TORCH_LIBRARY_FRAGMENT(locallearn, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(locallearn, m) {
   m.def(
       "locally_connected2d(Tensor input, Tensor weight, Tensor? bias, int[2] kernel_size, int[2] stride,"
-      " int[2] padding, int[2] dilation) -> Tensor",
-      {at::Tag::pt2_compliant_tag});
+      " int[2] padding, int[2] dilation) -> Tensor");
   m.def(
       "locally_connected2d_transpose(Tensor grad_output, Tensor weight, int[2] input_size, int[2] kernel_size,"
-      " int[2] stride, int[2] padding, int[2] dilation) -> Tensor",
-      {at::Tag::pt2_compliant_tag});
+      " int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   m.def(
       "locally_connected2d_weight_grad(Tensor input, Tensor grad_output, int[2] kernel_size, int[2] stride,"
-      " int[2] padding, int[2] dilation) -> Tensor",
-      {at::Tag::pt2_compliant_tag});
+      " int[2] padding, int[2] dilation) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(locallearn, CPU, m) {
-  m.impl("locally_connected2d", &locallearn::forward_cpu);
-  m.impl("locally_connected2d_transpose", &locallearn::transpose_cpu);
-  m.impl("locally_connected2d_weight_grad", &locallearn::weight_grad_cpu);
+STABLE_TORCH_LIBRARY_IMPL(locallearn, CPU, m) {
+  m.impl("locally_connected2d", TORCH_BOX(&locallearn::forward_cpu));
+  m.impl("locally_connected2d_transpose", TORCH_BOX(&locallearn::transpose_cpu));
+  m.impl("locally_connected2d_weight_grad", TORCH_BOX(&locallearn::weight_grad_cpu));
 }

@@ -12,7 +12,7 @@
 // Every pass accumulates in the opmath type (float for half/bfloat16) and writes its
 // result in the storage dtype of its first tensor argument.
 //
-// Schema (TORCH_LIBRARY_FRAGMENT in locally_connected.cpp):
+// Schema (STABLE_TORCH_LIBRARY_FRAGMENT in locally_connected.cpp):
 //   locally_connected2d(Tensor input, Tensor weight, Tensor? bias, int[2] kernel_size,
 //                       int[2] stride, int[2] padding, int[2] dilation) -> Tensor
 //   locally_connected2d_transpose(Tensor grad_output, Tensor weight, int[2] input_size,
@@ -21,13 +21,14 @@
 //                       int[2] stride, int[2] padding, int[2] dilation) -> Tensor
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/ArrayRef.h>
-#include <c10/util/Optional.h>
-
 #include <cstdint>
+#include <optional>
+
+#include "stable_compat.h"
 
 namespace locallearn {
+
+using IntArrayRef = torch::headeronly::IntHeaderOnlyArrayRef;
 
 // The sizes of one locally-connected sweep, validated by the orchestration.
 struct LocallyConnectedGeometry {
@@ -40,30 +41,27 @@ struct LocallyConnectedGeometry {
 };
 
 struct LocallyConnectedPasses {
-  // output (B, C_out, H_out, W_out) from input, weight and bias (undefined when absent).
-  void (*forward)(const LocallyConnectedGeometry& g, const at::Tensor& input, const at::Tensor& weight,
-                  const at::Tensor& bias, at::Tensor& output);
+  // output (B, C_out, H_out, W_out) from input, weight and bias (nullopt when absent).
+  void (*forward)(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& weight,
+                  const std::optional<Tensor>& bias, Tensor& output);
   // grad_input (B, C_in, H, W) = LCᵀ(grad_output); grad_input arrives zero-filled.
-  void (*transpose)(const LocallyConnectedGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight,
-                    at::Tensor& grad_input);
+  void (*transpose)(const LocallyConnectedGeometry& g, const Tensor& grad_output, const Tensor& weight,
+                    Tensor& grad_input);
   // grad_weight (L_out, C_out, K) = Σ_b grad_output ⊗ patches, in input's dtype.
-  void (*weight_grad)(const LocallyConnectedGeometry& g, const at::Tensor& input, const at::Tensor& grad_output,
-                      at::Tensor& grad_weight);
+  void (*weight_grad)(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& grad_output,
+                      Tensor& grad_weight);
 };
 
-at::Tensor locally_connected2d_forward(const LocallyConnectedPasses& passes, const at::Tensor& input,
-                                       const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                                       c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
-                                       c10::IntArrayRef padding, c10::IntArrayRef dilation);
+Tensor locally_connected2d_forward(const LocallyConnectedPasses& passes, const Tensor& input, const Tensor& weight,
+                                   const std::optional<Tensor>& bias, IntArrayRef kernel_size, IntArrayRef stride,
+                                   IntArrayRef padding, IntArrayRef dilation);
 
-at::Tensor locally_connected2d_transpose(const LocallyConnectedPasses& passes, const at::Tensor& grad_output,
-                                         const at::Tensor& weight, c10::IntArrayRef input_size,
-                                         c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
-                                         c10::IntArrayRef padding, c10::IntArrayRef dilation);
+Tensor locally_connected2d_transpose(const LocallyConnectedPasses& passes, const Tensor& grad_output,
+                                     const Tensor& weight, IntArrayRef input_size, IntArrayRef kernel_size,
+                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation);
 
-at::Tensor locally_connected2d_weight_grad(const LocallyConnectedPasses& passes, const at::Tensor& input,
-                                           const at::Tensor& grad_output, c10::IntArrayRef kernel_size,
-                                           c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                           c10::IntArrayRef dilation);
+Tensor locally_connected2d_weight_grad(const LocallyConnectedPasses& passes, const Tensor& input,
+                                       const Tensor& grad_output, IntArrayRef kernel_size, IntArrayRef stride,
+                                       IntArrayRef padding, IntArrayRef dilation);
 
 }  // namespace locallearn

@@ -80,7 +80,8 @@ Tensor matmul_opmath(const Tensor& a, const Tensor& b) {
 
 void normalize_rows_cpu(const Tensor& features, Tensor& normalized, Tensor& row_stats) {
   const int64_t rows = features.size(0), cols = features.size(1);
-  LOCALLEARN_DISPATCH_FLOATING(features.scalar_type(), "normalize_rows_cpu", [&] {
+  dispatch_floating(features.scalar_type(), "normalize_rows_cpu", [&](auto zero) {
+    using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     const scalar_t* x = features.const_data_ptr<scalar_t>();
     scalar_t* z = normalized.mutable_data_ptr<scalar_t>();
@@ -111,7 +112,8 @@ void normalize_rows_cpu(const Tensor& features, Tensor& normalized, Tensor& row_
 void residual_cpu(const Tensor& gram, const std::optional<Tensor>& labels, int64_t num_classes,
                   const std::optional<Tensor>& target, Tensor& residual, Tensor& row_stats) {
   const int64_t batch = gram.size(0);
-  LOCALLEARN_DISPATCH_FLOATING(residual.scalar_type(), "residual_cpu", [&] {
+  dispatch_floating(residual.scalar_type(), "residual_cpu", [&](auto zero) {
+    using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     const acc_t* g = gram.const_data_ptr<acc_t>();
     const int64_t* y = labels ? labels->const_data_ptr<int64_t>() : nullptr;
@@ -146,7 +148,8 @@ void residual_cpu(const Tensor& gram, const std::optional<Tensor>& labels, int64
 void gradient_cpu(const Tensor& grad_loss, const Tensor& product, const Tensor& normalized,
                   const Tensor& row_stats, Tensor& grad_features) {
   const int64_t batch = normalized.size(0), dim = normalized.size(1);
-  LOCALLEARN_DISPATCH_FLOATING(normalized.scalar_type(), "gradient_cpu", [&] {
+  dispatch_floating(normalized.scalar_type(), "gradient_cpu", [&](auto zero) {
+    using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     const acc_t scale = *grad_loss.const_data_ptr<acc_t>() * acc_t(4) / (acc_t(batch) * acc_t(batch));
     const acc_t* p = product.const_data_ptr<acc_t>();

@@ -5,10 +5,10 @@
 // is a build error, not a silent ABI dependency.
 #pragma once
 
+#include <torch/csrc/stable/device.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
-#include <torch/headeronly/core/Dispatch_v2.h>
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
@@ -103,9 +103,18 @@ template <typename... Parts>
     if (!(condition)) ::locallearn::raise(__VA_ARGS__); \
   } while (false)
 
-// The floating dtypes the ops implement, as the body's scalar_t.
-#define LOCALLEARN_DISPATCH_FLOATING(dtype, name, ...) \
-  THO_DISPATCH_V2(dtype, name, AT_WRAP(__VA_ARGS__), AT_FLOATING_TYPES, ScalarType::Half, ScalarType::BFloat16)
+// body(scalar_t{}) for the storage type of ``dtype``, one of the floating dtypes the ops
+// implement; callers write [&](auto zero) { using scalar_t = decltype(zero); ... }.
+template <typename Body>
+void dispatch_floating(ScalarType dtype, const char* name, const Body& body) {
+  switch (dtype) {
+    case ScalarType::Float: return body(float{});
+    case ScalarType::Double: return body(double{});
+    case ScalarType::Half: return body(Half{});
+    case ScalarType::BFloat16: return body(BFloat16{});
+    default: raise(name, ": not implemented for ", dtype);
+  }
+}
 
 inline void check_same_device(const char* op, const char* name, const Tensor& tensor, const char* reference_name,
                               const Tensor& reference) {
