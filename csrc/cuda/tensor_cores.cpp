@@ -43,8 +43,9 @@ void set_tensor_cores_enabled(bool enabled) { tensor_cores_switch.store(enabled)
 
 bool tensor_cores_enabled() { return tensor_cores_switch.load(); }
 
-kernels::TensorCorePolicy tensor_core_policy(const c10::Device& device) {
-  return {compute_capability_major(device.index()), allow_tf32(), tensor_cores_enabled()};
+kernels::TensorCorePolicy tensor_core_policy(int device_index) {
+  return {compute_capability_major(static_cast<c10::DeviceIndex>(device_index)), allow_tf32(),
+          tensor_cores_enabled()};
 }
 
 }  // namespace locallearn

@@ -2,9 +2,10 @@
 // and the policy each op call reads once. On by default; off runs the SIMT kernels for
 // every dtype, so that tests and benchmarks reach them on devices with tensor cores
 // (exposed as locallearn._C.set_tensor_cores_enabled).
+//
+// The one piece still on the regular ABI (tensor_cores.cpp): torch's float32 matmul
+// precision (TF32 or not) has no stable-ABI accessor; see docs/dev/stable-abi-port.md.
 #pragma once
-
-#include <c10/core/Device.h>
 
 #include "../kernels/locally_connected.cuh"
 
@@ -13,9 +14,9 @@ namespace locallearn {
 void set_tensor_cores_enabled(bool enabled);
 bool tensor_cores_enabled();
 
-// The policy for a call on `device`: its compute capability (queried once per device
-// and cached), torch's float32 matmul precision (TF32 or not, honouring NoTF32Guard)
-// and the switch above.
-kernels::TensorCorePolicy tensor_core_policy(const c10::Device& device);
+// The policy for a call on CUDA device `device_index`: its compute capability (queried
+// once per device and cached), torch's float32 matmul precision (TF32 or not, honouring
+// NoTF32Guard) and the switch above.
+kernels::TensorCorePolicy tensor_core_policy(int device_index);
 
 }  // namespace locallearn
