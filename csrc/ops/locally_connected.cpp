@@ -128,11 +128,22 @@ void scatter_patches(const acc_t* patches, int64_t planes, int64_t plane_size, c
   }
 }
 
-// The weights in opmath, converted once for the whole pass (a vectorised torch conversion)
-// when they are stored in half precision; the tensor itself otherwise.
-Tensor weights_in_opmath(const Tensor& weight) {
-  const ScalarType opmath = opmath_dtype(weight.scalar_type());
-  return weight.scalar_type() == opmath ? weight : torch::stable::to(weight, opmath);
+// ``rows`` × ``columns`` of storage values at ``source`` (row stride ``stride``) as opmath
+// values: ``source`` itself when the storage is the opmath type, else converted into
+// ``buffer`` by one torch copy (vectorised), a location at a time so that it stays in cache.
+template <typename scalar_t, typename acc_t>
+const acc_t* in_opmath(const scalar_t* source, int64_t rows, int64_t columns, int64_t stride,
+                       std::vector<acc_t>& buffer, int64_t& result_stride) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    result_stride = stride;
+    return source;
+  } else {
+    buffer.resize(rows * columns);
+    result_stride = columns;
+    Tensor converted = matrix(buffer.data(), rows, columns, columns);
+    torch::stable::copy_(converted, matrix(source, rows, columns, stride));
+    return buffer.data();
+  }
 }
 
 void forward_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& weight,
@@ -141,21 +152,22 @@ void forward_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& input, co
     using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const Tensor weight_opmath = weights_in_opmath(weight);
-    const acc_t* w = weight_opmath.const_data_ptr<acc_t>();
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
     const scalar_t* b = bias ? bias->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
     const int64_t patch = g.patch_size(), locations = g.locations();
     torch::stable::parallel_for(0, locations, 1, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> offsets(g.kernel_h * g.kernel_w);
-      std::vector<acc_t> patches(g.batch * patch), result(g.batch * g.out_channels);
+      std::vector<acc_t> patches(g.batch * patch), result(g.batch * g.out_channels), kernel_buffer;
       for (int64_t location = begin; location < end; ++location) {
         tap_offsets(g, location, offsets);
         gather_patches(x, g.batch * g.in_channels, g.in_h * g.in_w, offsets, patches.data());
         // (C_out, K) weights of this location, read as their (K, C_out) transpose.
-        const acc_t* kernel = w + location * g.out_channels * patch;
+        int64_t kernel_stride = 0;
+        const acc_t* kernel =
+            in_opmath(w + location * g.out_channels * patch, g.out_channels, patch, patch, kernel_buffer, kernel_stride);
         matmul_into(matrix(result.data(), g.batch, g.out_channels, g.out_channels),
-                    matrix(patches.data(), g.batch, patch, patch), matrix(kernel, patch, g.out_channels, 1, patch));
+                    matrix(patches.data(), g.batch, patch, patch), matrix(kernel, patch, g.out_channels, 1, kernel_stride));
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t c = 0; c < g.out_channels; ++c) {
             const acc_t shift = b ? static_cast<acc_t>(b[c * locations + location]) : acc_t(0);
@@ -186,12 +198,11 @@ void transpose_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& grad_ou
     using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     const scalar_t* grad = grad_output.const_data_ptr<scalar_t>();
-    const Tensor weight_opmath = weights_in_opmath(weight);
-    const acc_t* w = weight_opmath.const_data_ptr<acc_t>();
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
     scalar_t* grad_in = grad_input.mutable_data_ptr<scalar_t>();
     torch::stable::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> offsets(taps);
-      std::vector<acc_t> accumulated, patch_grad, grad_rows;
+      std::vector<acc_t> accumulated, patch_grad, grad_rows, kernel_buffer;
       for (int64_t block = begin; block < end; ++block) {
         const int64_t first_row = block / channel_blocks * batch_block;
         const int64_t rows = std::min(batch_block, g.batch - first_row);
@@ -209,10 +220,12 @@ void transpose_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& grad_ou
             }
           }
           // This block's input channels of the location's (C_out, K) weights.
-          const acc_t* kernel = w + location * g.out_channels * patch + first_channel * taps;
+          int64_t kernel_stride = 0;
+          const acc_t* kernel = in_opmath(w + location * g.out_channels * patch + first_channel * taps,
+                                          g.out_channels, channels * taps, patch, kernel_buffer, kernel_stride);
           matmul_into(matrix(patch_grad.data(), rows, channels * taps, channels * taps),
                       matrix(grad_rows.data(), rows, g.out_channels, g.out_channels),
-                      matrix(kernel, g.out_channels, channels * taps, patch));
+                      matrix(kernel, g.out_channels, channels * taps, kernel_stride));
           scatter_patches(patch_grad.data(), rows * channels, plane, offsets, accumulated.data());
         }
         for (int64_t n = 0; n < rows; ++n) {
