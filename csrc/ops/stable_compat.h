@@ -12,6 +12,7 @@
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
+#include <torch/headeronly/util/shim_utils.h>
 
 #include <array>
 #include <cstdint>
@@ -64,11 +65,11 @@ inline void mm_out(Tensor& out, const Tensor& a, const Tensor& b, std::optional<
   using torch::stable::detail::from;
   if (out_dtype) {
     std::array<StableIValue, 4> stack{from(a), from(b), from(*out_dtype), from(out)};
-    STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::mm", "dtype_out", stack.data(), TORCH_ABI_VERSION));
+    TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::mm", "dtype_out", stack.data(), TORCH_ABI_VERSION));
     (void)torch::stable::detail::to<Tensor>(stack[0]);  // the returned reference to out, released
   } else {
     std::array<StableIValue, 3> stack{from(a), from(b), from(out)};
-    STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION));
+    TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION));
     (void)torch::stable::detail::to<Tensor>(stack[0]);
   }
 }
