@@ -1,6 +1,6 @@
 // The Python module locallearn._C. Importing it registers the ops of the
 // `locallearn` namespace with the PyTorch dispatcher (static initialisers of
-// TORCH_LIBRARY_FRAGMENT / TORCH_LIBRARY_IMPL in csrc/ops and csrc/cuda) and
+// STABLE_TORCH_LIBRARY_FRAGMENT / _IMPL in csrc/ops and csrc/cuda) and
 // exposes how the library was built, and in CUDA builds the tensor-core switch of
 // the locally-connected kernels (csrc/cuda/tensor_cores.h).
 #include <Python.h>
@@ -10,6 +10,9 @@
 #endif
 #ifndef LOCALLEARN_CUDA_ARCH_LIST
 #define LOCALLEARN_CUDA_ARCH_LIST ""
+#endif
+#ifndef LOCALLEARN_CUDA_VERSION  // the CUDA version of the torch it was built against
+#define LOCALLEARN_CUDA_VERSION ""
 #endif
 
 #if LOCALLEARN_WITH_CUDA
@@ -44,7 +47,8 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
   if (PyModule_AddObject(module, "with_cuda", PyBool_FromLong(LOCALLEARN_WITH_CUDA)) < 0 ||
-      PyModule_AddStringConstant(module, "cuda_arch_list", LOCALLEARN_CUDA_ARCH_LIST) < 0) {
+      PyModule_AddStringConstant(module, "cuda_arch_list", LOCALLEARN_CUDA_ARCH_LIST) < 0 ||
+      PyModule_AddStringConstant(module, "cuda_version", LOCALLEARN_CUDA_VERSION) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

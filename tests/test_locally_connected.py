@@ -381,12 +381,41 @@ def tf32_matmul(request):
         torch.set_float32_matmul_precision(previous)
 
 
+def test_tf32_permission_follows_torch(tf32_matmul):
+    """The allow_tf32 argument the wrappers pass is torch's resolved CUDA float32 matmul
+    precision: TF32 under either API, and true fp32 by default, when the matmul setting says
+    ieee, and when only the generic setting says tf32 but the matmul one overrides it."""
+    assert locally_connected._cuda_matmul_allows_tf32()
+    previous = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    try:
+        assert not locally_connected._cuda_matmul_allows_tf32()
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = previous
+
+
+def test_tf32_permission_falls_back_to_the_generic_setting():
+    """With the matmul setting "none", ATen reads the generic one (set_float32_matmul_precision
+    leaves "ieee" behind, so the test sets both)."""
+    previous = torch.backends.cuda.matmul.fp32_precision, torch.backends.fp32_precision
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        torch.backends.fp32_precision = "none"
+        assert not locally_connected._cuda_matmul_allows_tf32()
+        torch.backends.fp32_precision = "tf32"
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        assert locally_connected._cuda_matmul_allows_tf32()
+    finally:
+        torch.backends.fp32_precision = previous[1]
+        torch.backends.cuda.matmul.fp32_precision = previous[0]
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("geometry", [GEOMETRIES["ImageNet layer 1 in miniature"],
                                       TILED_GEOMETRIES["C_out 96, batch 130, K 200"]], ids=["miniature", "tiled"])
 def test_cuda_tf32_tensor_cores(geometry, generator, tf32_matmul):
-    """Where torch allows TF32 for float32 matmuls (read through the precision API, which
-    does not raise when the new and legacy settings were mixed), the three ops run on TF32
+    """Where torch allows TF32 for float32 matmuls (the public functions read it and pass
+    it to the native ops as allow_tf32), the three ops run on TF32
     tensor cores (sm_80+): within TF32's rounding of the float64 result, and measurably
     off it, where the SIMT kernels (tensor cores switched off) give true fp32."""
     require_native("cuda")
@@ -394,14 +423,15 @@ def test_cuda_tf32_tensor_cores(geometry, generator, tf32_matmul):
         pytest.skip("TF32 tensor cores need a CUDA device of sm_80 or newer")
     x, weight, bias, grad_output = random_tensors(geometry, generator, torch.float32, "cuda")
     window = geometry.window
-    ops = torch.ops.locallearn
+    keywords = dict(zip(("kernel_size", "stride", "padding", "dilation"), window))
     calls = {
-        "forward": (lambda: ops.locally_connected2d(x, weight, bias, *window),
+        "forward": (lambda: locally_connected.locally_connected2d(x, weight, bias, **keywords),
                     lambda: reference.locally_connected2d(x.double(), weight.double(), bias.double(), *window)),
-        "transpose": (lambda: ops.locally_connected2d_transpose(grad_output, weight, geometry.input_size, *window),
+        "transpose": (lambda: locally_connected.locally_connected2d_transpose(grad_output, weight,
+                                                                              geometry.input_size, **keywords),
                       lambda: reference.locally_connected2d_transpose(grad_output.double(), weight.double(),
                                                                       geometry.input_size, *window)),
-        "weight_grad": (lambda: ops.locally_connected2d_weight_grad(x, grad_output, *window),
+        "weight_grad": (lambda: locally_connected.locally_connected2d_weight_grad(x, grad_output, **keywords),
                         lambda: reference.locally_connected2d_weight_grad(x.double(), grad_output.double(), *window)),
     }
     for name, (native, exact) in calls.items():

@@ -18,7 +18,7 @@ kernels::LocallyConnectedShape kernel_shape(const LocallyConnectedGeometry& g) {
 }
 
 void forward_pass_cuda(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& weight,
-                       const std::optional<Tensor>& bias, Tensor& output) {
+                       const std::optional<Tensor>& bias, Tensor& output, bool allow_tf32) {
   dispatch_floating(input.scalar_type(), "locally_connected2d_cuda", [&](auto zero) {
     using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
@@ -26,13 +26,13 @@ void forward_pass_cuda(const LocallyConnectedGeometry& g, const Tensor& input, c
     const cudaError_t status = kernels::launch_locally_connected2d<cuda_type<scalar_t>, acc_t>(
         kernel_shape(g), device_ptr<scalar_t>(input), device_ptr<scalar_t>(weight),
         bias ? device_ptr<scalar_t>(*bias) : nullptr, mutable_device_ptr<scalar_t>(output),
-        tensor_core_policy(input.get_device_index()), current_stream(input));
+        tensor_core_policy(input.get_device_index(), allow_tf32), current_stream(input));
     STD_CUDA_CHECK(status);
   });
 }
 
 void transpose_pass_cuda(const LocallyConnectedGeometry& g, const Tensor& grad_output, const Tensor& weight,
-                         Tensor& grad_input) {
+                         Tensor& grad_input, bool allow_tf32) {
   dispatch_floating(grad_output.scalar_type(), "locally_connected2d_transpose_cuda", [&](auto zero) {
     using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
@@ -45,19 +45,19 @@ void transpose_pass_cuda(const LocallyConnectedGeometry& g, const Tensor& grad_o
     const cudaError_t status = kernels::launch_locally_connected2d_transpose<cuda_type<scalar_t>, acc_t>(
         kernel_shape(g), device_ptr<scalar_t>(grad_output), device_ptr<scalar_t>(weight),
         accumulator.mutable_data_ptr<acc_t>(), mutable_device_ptr<scalar_t>(grad_input),
-        tensor_core_policy(grad_output.get_device_index()), current_stream(grad_output));
+        tensor_core_policy(grad_output.get_device_index(), allow_tf32), current_stream(grad_output));
     STD_CUDA_CHECK(status);
   });
 }
 
 void weight_grad_pass_cuda(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& grad_output,
-                           Tensor& grad_weight) {
+                           Tensor& grad_weight, bool allow_tf32) {
   dispatch_floating(input.scalar_type(), "locally_connected2d_weight_grad_cuda", [&](auto zero) {
     using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
     const cudaError_t status = kernels::launch_locally_connected2d_weight_grad<cuda_type<scalar_t>, acc_t>(
         kernel_shape(g), device_ptr<scalar_t>(input), device_ptr<scalar_t>(grad_output),
-        mutable_device_ptr<scalar_t>(grad_weight), tensor_core_policy(input.get_device_index()),
+        mutable_device_ptr<scalar_t>(grad_weight), tensor_core_policy(input.get_device_index(), allow_tf32),
         current_stream(input));
     STD_CUDA_CHECK(status);
   });
@@ -68,22 +68,24 @@ constexpr LocallyConnectedPasses kCudaPasses{forward_pass_cuda, transpose_pass_c
 using Ints = std::vector<int64_t>;
 
 Tensor forward_cuda(Tensor input, Tensor weight, std::optional<Tensor> bias, Ints kernel_size, Ints stride,
-                    Ints padding, Ints dilation) {
+                    Ints padding, Ints dilation, bool allow_tf32) {
   const DeviceOf device_guard(input);
-  return locally_connected2d_forward(kCudaPasses, input, weight, bias, kernel_size, stride, padding, dilation);
+  return locally_connected2d_forward(kCudaPasses, input, weight, bias, kernel_size, stride, padding, dilation,
+                                     allow_tf32);
 }
 
 Tensor transpose_cuda(Tensor grad_output, Tensor weight, Ints input_size, Ints kernel_size, Ints stride,
-                      Ints padding, Ints dilation) {
+                      Ints padding, Ints dilation, bool allow_tf32) {
   const DeviceOf device_guard(grad_output);
   return locally_connected2d_transpose(kCudaPasses, grad_output, weight, input_size, kernel_size, stride, padding,
-                                       dilation);
+                                       dilation, allow_tf32);
 }
 
 Tensor weight_grad_cuda(Tensor input, Tensor grad_output, Ints kernel_size, Ints stride, Ints padding,
-                        Ints dilation) {
+                        Ints dilation, bool allow_tf32) {
   const DeviceOf device_guard(input);
-  return locally_connected2d_weight_grad(kCudaPasses, input, grad_output, kernel_size, stride, padding, dilation);
+  return locally_connected2d_weight_grad(kCudaPasses, input, grad_output, kernel_size, stride, padding, dilation,
+                                         allow_tf32);
 }
 
 }  // namespace

@@ -2,9 +2,6 @@
 // and the policy each op call reads once. On by default; off runs the SIMT kernels for
 // every dtype, so that tests and benchmarks reach them on devices with tensor cores
 // (exposed as locallearn._C.set_tensor_cores_enabled).
-//
-// The one piece still on the regular ABI (tensor_cores.cpp): torch's float32 matmul
-// precision (TF32 or not) has no stable-ABI accessor; see docs/dev/stable-abi-port.md.
 #pragma once
 
 #include "../kernels/locally_connected.cuh"
@@ -15,8 +12,9 @@ void set_tensor_cores_enabled(bool enabled);
 bool tensor_cores_enabled();
 
 // The policy for a call on CUDA device `device_index`: its compute capability (queried
-// once per device and cached), torch's float32 matmul precision (TF32 or not, honouring
-// NoTF32Guard) and the switch above.
-kernels::TensorCorePolicy tensor_core_policy(int device_index);
+// once per device and cached), whether float32 may round to TF32 (the op's allow_tf32
+// argument, which the Python wrapper takes from torch's float32 matmul precision) and
+// the switch above.
+kernels::TensorCorePolicy tensor_core_policy(int device_index, bool allow_tf32);
 
 }  // namespace locallearn

@@ -147,7 +147,7 @@ const acc_t* in_opmath(const scalar_t* source, int64_t rows, int64_t columns, in
 }
 
 void forward_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& weight,
-                      const std::optional<Tensor>& bias, Tensor& output) {
+                      const std::optional<Tensor>& bias, Tensor& output, bool /*allow_tf32*/) {
   dispatch_floating(input.scalar_type(), "locally_connected2d_cpu", [&](auto zero) {
     using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
@@ -183,7 +183,7 @@ void forward_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& input, co
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 void transpose_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& grad_output, const Tensor& weight,
-                        Tensor& grad_input) {
+                        Tensor& grad_input, bool /*allow_tf32*/) {
   // Blocks of batch rows x input channels, enough to keep every thread busy; each
   // block accumulates and writes its own part of grad_input.
   const int64_t threads = torch::stable::get_num_threads();
@@ -241,7 +241,7 @@ void transpose_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& grad_ou
 }
 
 void weight_grad_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& grad_output,
-                          Tensor& grad_weight) {
+                          Tensor& grad_weight, bool /*allow_tf32*/) {
   dispatch_floating(input.scalar_type(), "locally_connected2d_weight_grad_cpu", [&](auto zero) {
     using scalar_t = decltype(zero);
     using acc_t = opmath_t<scalar_t>;
@@ -278,26 +278,28 @@ constexpr LocallyConnectedPasses kCpuPasses{forward_pass_cpu, transpose_pass_cpu
 using Ints = std::vector<int64_t>;
 
 Tensor forward_cpu(Tensor input, Tensor weight, std::optional<Tensor> bias, Ints kernel_size, Ints stride,
-                   Ints padding, Ints dilation) {
-  return locally_connected2d_forward(kCpuPasses, input, weight, bias, kernel_size, stride, padding, dilation);
+                   Ints padding, Ints dilation, bool allow_tf32) {
+  return locally_connected2d_forward(kCpuPasses, input, weight, bias, kernel_size, stride, padding, dilation,
+                                     allow_tf32);
 }
 
 Tensor transpose_cpu(Tensor grad_output, Tensor weight, Ints input_size, Ints kernel_size, Ints stride, Ints padding,
-                     Ints dilation) {
+                     Ints dilation, bool allow_tf32) {
   return locally_connected2d_transpose(kCpuPasses, grad_output, weight, input_size, kernel_size, stride, padding,
-                                       dilation);
+                                       dilation, allow_tf32);
 }
 
 Tensor weight_grad_cpu(Tensor input, Tensor grad_output, Ints kernel_size, Ints stride, Ints padding,
-                       Ints dilation) {
-  return locally_connected2d_weight_grad(kCpuPasses, input, grad_output, kernel_size, stride, padding, dilation);
+                       Ints dilation, bool allow_tf32) {
+  return locally_connected2d_weight_grad(kCpuPasses, input, grad_output, kernel_size, stride, padding, dilation,
+                                         allow_tf32);
 }
 
 }  // namespace
 
 Tensor locally_connected2d_forward(const LocallyConnectedPasses& passes, const Tensor& input, const Tensor& weight,
                                    const std::optional<Tensor>& bias, IntArrayRef kernel_size, IntArrayRef stride,
-                                   IntArrayRef padding, IntArrayRef dilation) {
+                                   IntArrayRef padding, IntArrayRef dilation, bool allow_tf32) {
   constexpr const char* op = "locally_connected2d";
   check_tensor(op, "input", input, 4, "(B, C_in, H, W)");
   check_tensor(op, "weight", weight, 3, "(H_out*W_out, C_out, C_in*kh*kw)");
@@ -317,13 +319,15 @@ Tensor locally_connected2d_forward(const LocallyConnectedPasses& passes, const T
   if (output.numel() == 0) return output;
   const std::optional<Tensor> contiguous_bias =
       bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
-  passes.forward(g, torch::stable::contiguous(input), torch::stable::contiguous(weight), contiguous_bias, output);
+  passes.forward(g, torch::stable::contiguous(input), torch::stable::contiguous(weight), contiguous_bias, output,
+                 allow_tf32);
   return output;
 }
 
 Tensor locally_connected2d_transpose(const LocallyConnectedPasses& passes, const Tensor& grad_output,
                                      const Tensor& weight, IntArrayRef input_size, IntArrayRef kernel_size,
-                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation) {
+                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                     bool allow_tf32) {
   constexpr const char* op = "locally_connected2d_transpose";
   check_tensor(op, "grad_output", grad_output, 4, "(B, C_out, H_out, W_out)");
   check_tensor(op, "weight", weight, 3, "(H_out*W_out, C_out, C_in*kh*kw)");
@@ -342,13 +346,14 @@ Tensor locally_connected2d_transpose(const LocallyConnectedPasses& passes, const
   check_weight(op, weight, g);
   Tensor grad_input = torch::stable::new_zeros(grad_output, {g.batch, g.in_channels, g.in_h, g.in_w});
   if (grad_input.numel() == 0 || g.out_channels == 0) return grad_input;
-  passes.transpose(g, torch::stable::contiguous(grad_output), torch::stable::contiguous(weight), grad_input);
+  passes.transpose(g, torch::stable::contiguous(grad_output), torch::stable::contiguous(weight), grad_input,
+                   allow_tf32);
   return grad_input;
 }
 
 Tensor locally_connected2d_weight_grad(const LocallyConnectedPasses& passes, const Tensor& input,
                                        const Tensor& grad_output, IntArrayRef kernel_size, IntArrayRef stride,
-                                       IntArrayRef padding, IntArrayRef dilation) {
+                                       IntArrayRef padding, IntArrayRef dilation, bool allow_tf32) {
   constexpr const char* op = "locally_connected2d_weight_grad";
   check_tensor(op, "input", input, 4, "(B, C_in, H, W)");
   check_tensor(op, "grad_output", grad_output, 4, "(B, C_out, H_out, W_out)");
@@ -364,7 +369,8 @@ Tensor locally_connected2d_weight_grad(const LocallyConnectedPasses& passes, con
   Tensor grad_weight = torch::stable::new_empty(input, {g.locations(), g.out_channels, g.patch_size()});
   if (grad_weight.numel() == 0) return grad_weight;
   if (g.batch == 0) return torch::stable::zero_(grad_weight);
-  passes.weight_grad(g, torch::stable::contiguous(input), torch::stable::contiguous(grad_output), grad_weight);
+  passes.weight_grad(g, torch::stable::contiguous(input), torch::stable::contiguous(grad_output), grad_weight,
+                     allow_tf32);
   return grad_weight;
 }
 
@@ -373,13 +379,13 @@ Tensor locally_connected2d_weight_grad(const LocallyConnectedPasses& passes, con
 STABLE_TORCH_LIBRARY_FRAGMENT(locallearn, m) {
   m.def(
       "locally_connected2d(Tensor input, Tensor weight, Tensor? bias, int[2] kernel_size, int[2] stride,"
-      " int[2] padding, int[2] dilation) -> Tensor");
+      " int[2] padding, int[2] dilation, bool allow_tf32=False) -> Tensor");
   m.def(
       "locally_connected2d_transpose(Tensor grad_output, Tensor weight, int[2] input_size, int[2] kernel_size,"
-      " int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+      " int[2] stride, int[2] padding, int[2] dilation, bool allow_tf32=False) -> Tensor");
   m.def(
       "locally_connected2d_weight_grad(Tensor input, Tensor grad_output, int[2] kernel_size, int[2] stride,"
-      " int[2] padding, int[2] dilation) -> Tensor");
+      " int[2] padding, int[2] dilation, bool allow_tf32=False) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(locallearn, CPU, m) {

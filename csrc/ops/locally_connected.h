@@ -14,11 +14,15 @@
 //
 // Schema (STABLE_TORCH_LIBRARY_FRAGMENT in locally_connected.cpp):
 //   locally_connected2d(Tensor input, Tensor weight, Tensor? bias, int[2] kernel_size,
-//                       int[2] stride, int[2] padding, int[2] dilation) -> Tensor
+//                       int[2] stride, int[2] padding, int[2] dilation, bool allow_tf32=False) -> Tensor
 //   locally_connected2d_transpose(Tensor grad_output, Tensor weight, int[2] input_size,
-//                       int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor
+//                       int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation,
+//                       bool allow_tf32=False) -> Tensor
 //   locally_connected2d_weight_grad(Tensor input, Tensor grad_output, int[2] kernel_size,
-//                       int[2] stride, int[2] padding, int[2] dilation) -> Tensor
+//                       int[2] stride, int[2] padding, int[2] dilation, bool allow_tf32=False) -> Tensor
+// allow_tf32 lets the CUDA kernels round float32 products to TF32 (the Python wrapper
+// passes torch's float32 matmul precision, which the stable ABI cannot read); the CPU
+// passes ignore it.
 #pragma once
 
 #include <cstdint>
@@ -43,25 +47,26 @@ struct LocallyConnectedGeometry {
 struct LocallyConnectedPasses {
   // output (B, C_out, H_out, W_out) from input, weight and bias (nullopt when absent).
   void (*forward)(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& weight,
-                  const std::optional<Tensor>& bias, Tensor& output);
+                  const std::optional<Tensor>& bias, Tensor& output, bool allow_tf32);
   // grad_input (B, C_in, H, W) = LCᵀ(grad_output); grad_input arrives zero-filled.
   void (*transpose)(const LocallyConnectedGeometry& g, const Tensor& grad_output, const Tensor& weight,
-                    Tensor& grad_input);
+                    Tensor& grad_input, bool allow_tf32);
   // grad_weight (L_out, C_out, K) = Σ_b grad_output ⊗ patches, in input's dtype.
   void (*weight_grad)(const LocallyConnectedGeometry& g, const Tensor& input, const Tensor& grad_output,
-                      Tensor& grad_weight);
+                      Tensor& grad_weight, bool allow_tf32);
 };
 
 Tensor locally_connected2d_forward(const LocallyConnectedPasses& passes, const Tensor& input, const Tensor& weight,
                                    const std::optional<Tensor>& bias, IntArrayRef kernel_size, IntArrayRef stride,
-                                   IntArrayRef padding, IntArrayRef dilation);
+                                   IntArrayRef padding, IntArrayRef dilation, bool allow_tf32);
 
 Tensor locally_connected2d_transpose(const LocallyConnectedPasses& passes, const Tensor& grad_output,
                                      const Tensor& weight, IntArrayRef input_size, IntArrayRef kernel_size,
-                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation);
+                                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                     bool allow_tf32);
 
 Tensor locally_connected2d_weight_grad(const LocallyConnectedPasses& passes, const Tensor& input,
                                        const Tensor& grad_output, IntArrayRef kernel_size, IntArrayRef stride,
-                                       IntArrayRef padding, IntArrayRef dilation);
+                                       IntArrayRef padding, IntArrayRef dilation, bool allow_tf32);
 
 }  // namespace locallearn

@@ -243,41 +243,59 @@ def _check_weight(
 
 
 def _run(op: str, device: torch.device, *arguments) -> Tensor:
-    """The native op ``op`` when ``locallearn._C`` serves ``device``, else its reference with
-    autocast off (the reference picks its own precision; autocast must not recast its products)."""
+    """The native op ``op`` when ``locallearn._C`` serves ``device`` (float32 on TF32 tensor
+    cores where torch's float32 matmul precision allows it), else its reference with autocast
+    off (the reference picks its own precision; autocast must not recast its products)."""
     if _native.serves(device):
-        return getattr(torch.ops.locallearn, op)(*arguments)
+        return getattr(torch.ops.locallearn, op)(*arguments, device.type == "cuda" and _cuda_matmul_allows_tf32())
     autocast_off = (torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type)
                     else contextlib.nullcontext())
     with autocast_off:
         return getattr(reference, op)(*arguments)
 
 
+@torch.compiler.assume_constant_result
+def _cuda_matmul_allows_tf32() -> bool:
+    """Whether torch lets CUDA float32 matmuls round to TF32: the first setting that is not
+    "none" of torch.backends.cuda.matmul.fp32_precision, CUDA's for every op, and
+    torch.backends.fp32_precision, as ATen resolves it (set_float32_matmul_precision and
+    the legacy allow_tf32 write the first). The native ops take it as an argument because
+    LibTorch's stable ABI cannot read it. A compiled graph keeps the value it was traced with."""
+    for backend, op in (("cuda", "matmul"), ("cuda", "all"), ("generic", "all")):
+        precision = torch._C._get_fp32_precision_getter(backend, op)
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
 if _native.extension is not None:
 
     @torch.library.register_fake("locallearn::locally_connected2d")
-    def _locally_connected2d_fake(input, weight, bias, kernel_size, stride, padding, dilation):
+    def _locally_connected2d_fake(input, weight, bias, kernel_size, stride, padding, dilation, allow_tf32=False):
         out_h, out_w = reference.locally_connected_output_size(input.shape[2:], kernel_size, stride, padding, dilation)
         return input.new_empty((input.shape[0], weight.shape[1], out_h, out_w))
 
     @torch.library.register_fake("locallearn::locally_connected2d_transpose")
-    def _locally_connected2d_transpose_fake(grad_output, weight, input_size, kernel_size, stride, padding, dilation):
+    def _locally_connected2d_transpose_fake(grad_output, weight, input_size, kernel_size, stride, padding, dilation,
+                                            allow_tf32=False):
         in_channels = weight.shape[2] // (kernel_size[0] * kernel_size[1])
         return grad_output.new_empty((grad_output.shape[0], in_channels, *input_size))
 
     @torch.library.register_fake("locallearn::locally_connected2d_weight_grad")
-    def _locally_connected2d_weight_grad_fake(input, grad_output, kernel_size, stride, padding, dilation):
+    def _locally_connected2d_weight_grad_fake(input, grad_output, kernel_size, stride, padding, dilation,
+                                              allow_tf32=False):
         locations = grad_output.shape[2] * grad_output.shape[3]
         patch_size = input.shape[1] * kernel_size[0] * kernel_size[1]
         return input.new_empty((locations, grad_output.shape[1], patch_size))
 
     # The three ops are bilinear and each one's gradients are the other two:
-    # with y = LC(x; W), ⟨y, u⟩ = ⟨x, LCᵀ(u; W)⟩ = ⟨W, weight_grad(x, u)⟩.
+    # with y = LC(x; W), ⟨y, u⟩ = ⟨x, LCᵀ(u; W)⟩ = ⟨W, weight_grad(x, u)⟩. ctx.settings
+    # carries the window and the forward call's allow_tf32, so the gradients round alike.
 
     def _forward_setup_context(ctx, inputs, output):
-        input, weight, bias, *window = inputs
+        input, weight, bias, *settings = inputs
         ctx.save_for_backward(input, weight)
-        ctx.window = window
+        ctx.settings = settings
         ctx.has_bias = bias is not None
 
     def _forward_backward(ctx, grad_output):
@@ -285,43 +303,43 @@ if _native.extension is not None:
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_input = torch.ops.locallearn.locally_connected2d_transpose(
-                grad_output, weight, input.shape[2:], *ctx.window
+                grad_output, weight, input.shape[2:], *ctx.settings
             )
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.ops.locallearn.locally_connected2d_weight_grad(input, grad_output, *ctx.window)
+            grad_weight = torch.ops.locallearn.locally_connected2d_weight_grad(input, grad_output, *ctx.settings)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(0)
-        return grad_input, grad_weight, grad_bias, None, None, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
     def _transpose_setup_context(ctx, inputs, output):
-        grad_output, weight, _, *window = inputs
+        grad_output, weight, _, *settings = inputs
         ctx.save_for_backward(grad_output, weight)
-        ctx.window = window
+        ctx.settings = settings
 
     def _transpose_backward(ctx, grad):
         grad_output, weight = ctx.saved_tensors
         grad_grad_output = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_grad_output = torch.ops.locallearn.locally_connected2d(grad, weight, None, *ctx.window)
+            grad_grad_output = torch.ops.locallearn.locally_connected2d(grad, weight, None, *ctx.settings)
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.ops.locallearn.locally_connected2d_weight_grad(grad, grad_output, *ctx.window)
-        return grad_grad_output, grad_weight, None, None, None, None, None
+            grad_weight = torch.ops.locallearn.locally_connected2d_weight_grad(grad, grad_output, *ctx.settings)
+        return grad_grad_output, grad_weight, None, None, None, None, None, None
 
     def _weight_grad_setup_context(ctx, inputs, output):
-        input, grad_output, *window = inputs
+        input, grad_output, *settings = inputs
         ctx.save_for_backward(input, grad_output)
-        ctx.window = window
+        ctx.settings = settings
 
     def _weight_grad_backward(ctx, grad):
         input, grad_output = ctx.saved_tensors
         grad_input = grad_grad_output = None
         if ctx.needs_input_grad[0]:
             grad_input = torch.ops.locallearn.locally_connected2d_transpose(
-                grad_output, grad, input.shape[2:], *ctx.window
+                grad_output, grad, input.shape[2:], *ctx.settings
             )
         if ctx.needs_input_grad[1]:
-            grad_grad_output = torch.ops.locallearn.locally_connected2d(input, grad, None, *ctx.window)
-        return grad_input, grad_grad_output, None, None, None, None
+            grad_grad_output = torch.ops.locallearn.locally_connected2d(input, grad, None, *ctx.settings)
+        return grad_input, grad_grad_output, None, None, None, None, None
 
     torch.library.register_autograd(
         "locallearn::locally_connected2d", _forward_backward, setup_context=_forward_setup_context
