@@ -1,7 +1,5 @@
-# Finds the CUDA toolkit for a torch that has CUDA, and hands it to torch's CMake
-# package, so that a compiler-only toolkit (nvcc, its headers and the CUDA runtime)
-# is enough: NVRTC, cuBLAS and the other CUDA libraries torch links come with the
-# torch wheel, and locallearn links none of them.
+# Finds the CUDA toolkit for a torch that has CUDA; a compiler-only toolkit (nvcc, its
+# headers and the CUDA runtime) is enough: locallearn links no other CUDA library.
 #
 # The compiler: CUDACXX or -DCMAKE_CUDA_COMPILER as CMake reads them, else
 # $CUDA_HOME/bin/nvcc or $CUDA_PATH/bin/nvcc, else the first nvcc on PATH, else
@@ -39,7 +37,7 @@ function(locallearn_choose_nvcc out_var)
   endif()
 endfunction()
 
-# Enables CUDA and sets the variables torch's FindCUDA and FindCUDAToolkit read.
+# Enables CUDA and finds the toolkit (CUDA::cudart).
 macro(locallearn_enable_cuda torch_cuda_version)
   locallearn_choose_nvcc(locallearn_nvcc)
   if(NOT locallearn_nvcc)
@@ -59,13 +57,23 @@ macro(locallearn_enable_cuda torch_cuda_version)
   endif()
   get_filename_component(locallearn_cuda_root "${locallearn_cuda_root}" REALPATH)
   message(STATUS "locallearn: CUDA toolkit ${locallearn_cuda_root} (compiler ${CMAKE_CUDA_COMPILER})")
-  # torch's FindCUDA would otherwise derive the root from the first nvcc on PATH.
-  set(CUDA_TOOLKIT_ROOT_DIR "${locallearn_cuda_root}" CACHE PATH "CUDA toolkit root" FORCE)
-  set(CUDA_NVCC_EXECUTABLE "${locallearn_cuda_root}/bin/nvcc" CACHE FILEPATH "nvcc of the CUDA toolkit" FORCE)
   set(CUDAToolkit_ROOT "${locallearn_cuda_root}")
-  # The architectures come from TORCH_CUDA_ARCH_LIST, as -gencode flags torch's package
-  # adds; torch warns that it ignores CMake's own CMAKE_CUDA_ARCHITECTURES if that is
-  # defined when its package loads, so it is unset until then (CMakeLists.txt sets it OFF).
-  unset(CMAKE_CUDA_ARCHITECTURES)
-  unset(CMAKE_CUDA_ARCHITECTURES CACHE)
+  find_package(CUDAToolkit REQUIRED)
 endmacro()
+
+# TORCH_CUDA_ARCH_LIST ("8.0;9.0+PTX", ";" or " " separated, as torch spells it) as
+# CMAKE_CUDA_ARCHITECTURES: X.Y is SASS for sm_XY, X.Y+PTX also PTX that newer GPUs compile.
+function(locallearn_cuda_architectures arch_list out_var)
+  string(REPLACE " " ";" arch_list "${arch_list}")
+  set(architectures "")
+  foreach(arch IN LISTS arch_list)
+    if(NOT arch MATCHES "^([0-9]+)\\.([0-9]+)(\\+PTX)?$")
+      message(FATAL_ERROR "TORCH_CUDA_ARCH_LIST entry '${arch}' is not of the form 8.0 or 9.0+PTX")
+    endif()
+    list(APPEND architectures "${CMAKE_MATCH_1}${CMAKE_MATCH_2}-real")
+    if(CMAKE_MATCH_3)
+      list(APPEND architectures "${CMAKE_MATCH_1}${CMAKE_MATCH_2}-virtual")
+    endif()
+  endforeach()
+  set(${out_var} "${architectures}" PARENT_SCOPE)
+endfunction()

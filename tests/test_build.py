@@ -1,7 +1,10 @@
 """The build itself: locallearn._C imports, has CUDA exactly when torch does, and every
 op of the ``locallearn`` namespace has a CPU kernel, a CUDA kernel (CUDA builds), a fake
-kernel for torch.compile and, for the public ops, an autograd formula. Against a CUDA
-torch, CMake configures with the toolkit behind a wrapper nvcc and links no NVRTC."""
+kernel for torch.compile and, for the public ops, an autograd formula. CMake builds on
+LibTorch's stable ABI: against a CUDA torch it configures with the toolkit behind a
+wrapper nvcc, links only the libraries that export the stable shims and the CUDA
+runtime, and turns TORCH_CUDA_ARCH_LIST into SASS and PTX targets; LOCALLEARN_CUDA=OFF
+builds the CPU ops against any torch, without a toolkit."""
 
 from __future__ import annotations
 
@@ -74,16 +77,17 @@ def build_tool(name: str) -> str:
     return found
 
 
-def configure(tmp_path: Path, path_dirs: list[Path], **environment: str) -> subprocess.CompletedProcess:
+def configure(tmp_path: Path, path_dirs: list[Path], *defines: str, **environment: str) -> subprocess.CompletedProcess:
     """CMake configure of the repository into tmp_path/build with PATH = path_dirs plus the
-    system's, and no CUDA variable but those given."""
+    system's, no CUDA variable but those given, and TORCH_CUDA_ARCH_LIST=9.0 unless the
+    -D defines say otherwise."""
     env = {key: value for key, value in os.environ.items()
            if key not in ("CUDA_HOME", "CUDA_PATH", "CUDACXX", "TORCH_CUDA_ARCH_LIST")}
     env["PATH"] = os.pathsep.join([*map(str, path_dirs), "/usr/bin", "/bin"])
     env.update(environment)
     command = [build_tool("cmake"), "-S", str(REPO), "-B", str(tmp_path / "build"), "-G", "Ninja",
                f"-DCMAKE_MAKE_PROGRAM={build_tool('ninja')}", f"-DPython_EXECUTABLE={sys.executable}",
-               "-DTORCH_CUDA_ARCH_LIST=9.0"]
+               "-DTORCH_CUDA_ARCH_LIST=9.0", *defines]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -97,15 +101,55 @@ def wrapper_nvcc(directory: Path) -> Path:
 
 
 @needs_cuda_torch_and_nvcc
-def test_configure_takes_the_toolkit_behind_a_wrapper_nvcc_and_links_no_nvrtc(tmp_path):
+def test_configure_takes_the_toolkit_behind_a_wrapper_nvcc_and_links_only_the_stable_shims(tmp_path):
     wrapper = wrapper_nvcc(tmp_path / "wrapper-bin")
     result = configure(tmp_path, [wrapper.parent])
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"locallearn: CUDA toolkit {toolkit_root()} (compiler {wrapper})" in result.stdout
-    link_line = next(line for line in (tmp_path / "build" / "build.ninja").read_text().splitlines()
-                     if line.startswith("build _C.") and "LINKER" in line)
-    assert "libc10_cuda" in link_line and "libtorch_cpu" in link_line
-    assert "nvrtc" not in link_line and "cublas" not in link_line
+    link_line = link_libraries(tmp_path / "build")
+    assert "libtorch_cpu.so" in link_line and "libtorch_cuda.so" in link_line and "libcudart" in link_line
+    for unwanted in ("c10_cuda", "libc10.so", "torch_python", "nvrtc", "cublas", "cudnn"):
+        assert unwanted not in link_line, unwanted
+
+
+def link_libraries(build: Path) -> str:
+    """The LINK_LIBRARIES of the _C module in a configured build.ninja."""
+    lines = (build / "build.ninja").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("build _C.") and "LINKER" in line)
+    return next(line for line in lines[start:] if line.strip().startswith("LINK_LIBRARIES"))
+
+
+def cuda_flags(build: Path) -> str:
+    return " ".join(line for line in (build / "build.ninja").read_text().splitlines()
+                    if line.strip().startswith("FLAGS") and "arch" in line)
+
+
+@needs_cuda_torch_and_nvcc
+def test_arch_list_becomes_sass_and_ptx_targets(tmp_path):
+    """8.0;9.0+PTX: SASS for sm_80 and sm_90, PTX for compute_90 only; fatbins compressed."""
+    result = configure(tmp_path, [toolkit_root() / "bin"], "-DTORCH_CUDA_ARCH_LIST=8.0;9.0+PTX")
+    assert result.returncode == 0, result.stdout + result.stderr
+    flags = cuda_flags(tmp_path / "build")
+    assert "sm_80" in flags and "sm_90" in flags and "compute_90" in flags, flags
+    assert "code=[compute_80]" not in flags, flags
+    assert "-Xfatbin=-compress-all" in (tmp_path / "build" / "build.ninja").read_text()
+
+    bad = configure(tmp_path / "bad", [toolkit_root() / "bin"], "-DTORCH_CUDA_ARCH_LIST=sm_90")
+    assert bad.returncode != 0
+    assert "TORCH_CUDA_ARCH_LIST entry 'sm_90' is not of the form" in " ".join(bad.stderr.split())
+
+
+def test_cpu_only_build_needs_no_toolkit_and_cuda_on_needs_a_cuda_torch(tmp_path):
+    """LOCALLEARN_CUDA=OFF (the CPU wheel) configures against any torch with no nvcc
+    anywhere; LOCALLEARN_CUDA=ON against a CPU-only torch stops with an error."""
+    result = configure(tmp_path, [], "-DLOCALLEARN_CUDA=OFF", CUDACXX="/nonexistent/nvcc")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "locallearn: building the CPU ops only" in result.stdout
+    assert "libtorch_cuda" not in link_libraries(tmp_path / "build")
+    if torch.version.cuda is None:
+        result = configure(tmp_path / "on", [], "-DLOCALLEARN_CUDA=ON")
+        assert result.returncode != 0
+        assert "LOCALLEARN_CUDA=ON, but the torch at" in " ".join(result.stderr.split())
 
 
 @needs_cuda_torch_and_nvcc
