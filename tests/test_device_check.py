@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
@@ -118,6 +120,24 @@ def test_the_gpu_plan_builds_offline_for_the_probed_gpu_and_names_the_targets(tm
 
     without_gpu = {step.name: step for step in device_check.plan(args, {"error": "no torch"}, tmp_path)}
     assert "torch sees no CUDA GPU" in without_gpu["build"].unavailable
+
+
+def test_the_gpu_plan_can_install_a_wheel_instead_of_building(tmp_path):
+    wheel = tmp_path / "locallearn-0.1.0+cu130-cp311-abi3-manylinux_2_28_x86_64.whl"
+    wheel.write_bytes(b"")
+    args = device_check.parse_args(["--out", str(tmp_path), "--wheel", str(wheel)])
+    build = {step.name: step for step in device_check.plan(args, {"arch": "9.0"}, tmp_path)}["build"]
+    assert build.command[-1] == str(wheel) and "--no-index" in build.command and "--no-deps" in build.command
+    assert build.env == {}
+    with pytest.raises(SystemExit):
+        device_check.parse_args(["--out", str(tmp_path), "--wheel", str(tmp_path / "missing.whl")])
+
+
+@pytest.mark.parametrize("arch_list, arch, runs", [
+    ("8.0 9.0+PTX", "9.0", True), ("8.0 9.0+PTX", "8.0", True), ("8.0 9.0+PTX", "10.0", True),
+    ("8.0 9.0+PTX", "8.6", False), ("8.0 9.0", "10.0", False), ("9.0", "9.0", True), ("9.0+PTX", "8.0", False)])
+def test_a_build_serves_its_sass_targets_and_newer_gpus_through_ptx(arch_list, arch, runs):
+    assert device_check.builds_for(arch_list, arch) == runs
 
 
 def test_the_report_judges_the_targets_from_the_benchmarks_numbers(tmp_path):

@@ -145,16 +145,21 @@ def sanitizer_steps(python: str, dry_run: bool, sanitizer: str | None) -> list[S
     return steps
 
 
-def build_step(python: str, work: Path, dry_run: bool, probe: dict) -> Step:
-    """pip-builds locallearn from a fresh build folder for the local GPU's architecture,
-    offline and without touching torch; a dry run asks pip what it would do instead."""
-    command = [python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-v",
-               f"-Cbuild-dir={work / 'build'}", "."]
+def build_step(python: str, work: Path, dry_run: bool, probe: dict, wheel: Path | None = None) -> Step:
+    """pip-builds locallearn from a fresh build folder for the local GPU's architecture, or
+    installs ``wheel`` instead, offline and without touching torch; a dry run asks pip what
+    it would do instead."""
+    if wheel is not None:
+        command = [python, "-m", "pip", "install", "--no-deps", "--no-index", "--force-reinstall", str(wheel)]
+        env = {}
+    else:
+        command = [python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-v",
+                   f"-Cbuild-dir={work / 'build'}", "."]
+        env = {"TORCH_CUDA_ARCH_LIST": probe.get("arch") or ""}
     if dry_run:
         return Step("build", [*command, "--dry-run"], 60)
     unavailable = None if probe.get("arch") else f"torch sees no CUDA GPU ({probe.get('error') or probe})"
-    return Step("build", command, 300, env={"TORCH_CUDA_ARCH_LIST": probe.get("arch") or ""},
-                unavailable=unavailable)
+    return Step("build", command, 300, env=env, unavailable=unavailable)
 
 
 def plan(args, probe: dict, work: Path) -> list[Step]:
@@ -166,7 +171,7 @@ def plan(args, probe: dict, work: Path) -> list[Step]:
         extension += ["--arch", probe["arch"]]
     benchmarks = benchmark_steps(python, out, dry_run)
     return [
-        build_step(python, work, dry_run, probe),
+        build_step(python, work, dry_run, probe, args.wheel),
         Step("extension", extension, 60, summarise=device_report.extension_summary),
         Step("pytest-cuda", [python, "-m", "pytest", "-m", "cuda", "-q", "--tb=short"], 240,
              summarise=device_report.pytest_summary),
@@ -323,10 +328,22 @@ def check_extension(device_type: str, arch: str | None) -> int:
         print("locallearn._C was built without CUDA")
         return 1
     require_native(torch.device(device_type))
-    if arch and arch not in extension.cuda_arch_list.split():
+    if arch and not builds_for(extension.cuda_arch_list, arch):
         print(f"locallearn._C was built for {extension.cuda_arch_list!r}, not this GPU's {arch}")
         return 1
     return 0
+
+
+def builds_for(arch_list: str, arch: str) -> bool:
+    """Whether a build for ``arch_list`` ("8.0 9.0+PTX") runs on a GPU of ``arch`` ("9.0"):
+    SASS for it, or PTX of an architecture no newer, which the driver compiles."""
+    def number(text: str) -> tuple[int, int]:
+        major, minor = text.split(".")
+        return int(major), int(minor)
+
+    entries = arch_list.split()
+    return any(entry.removesuffix("+PTX") == arch for entry in entries) or any(
+        entry.endswith("+PTX") and number(entry.removesuffix("+PTX")) <= number(arch) for entry in entries)
 
 
 # ------------------------------------------------------------------ main
@@ -342,12 +359,18 @@ def parse_args(argv):
     parser.add_argument("--steps", nargs="+", metavar="STEP", help="run only these steps (the others are skipped)")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help="where Fashion-MNIST's files are for the training steps (default %(default)s)")
+    parser.add_argument("--wheel", type=Path,
+                        help="install this locallearn wheel (make wheel's CUDA one) instead of building from source")
     parser.add_argument("--check-extension", choices=("cpu", "cuda"), help=argparse.SUPPRESS)
     parser.add_argument("--arch", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.check_extension is None and not args.out:
         parser.error("--out is required (make device-check OUT=DIR)")
     args.out = Path(args.out).resolve() if args.out else None
+    if args.wheel is not None:
+        if not args.wheel.is_file():
+            parser.error(f"--wheel {args.wheel}: no such file")
+        args.wheel = args.wheel.resolve()
     return args
 
 
