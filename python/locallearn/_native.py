@@ -36,9 +36,11 @@ def _load_extension():
 
 def _broken_extension_message(error: Exception) -> str:
     return (
-        f"{EXTENSION_MODULE} is built but fails to load ({type(error).__name__}: {error}). Rebuild it against "
-        f"the installed torch {torch.__version__} with `pip install --no-build-isolation -e .` (or without -e), "
-        f"or set {DISABLE_ENV}=1 to run the pure-PyTorch reference ops instead."
+        f"{EXTENSION_MODULE} is built but fails to load ({type(error).__name__}: {error}). It needs torch 2.10 or "
+        f"newer with the same CUDA major it was built for (a CPU build for a CPU-only torch); this is torch "
+        f"{torch.__version__} (CUDA {torch.version.cuda or 'none'}). Install the locallearn wheel that matches it "
+        f"(README, Installing), or build from source against it with `pip install --no-build-isolation .`, or set "
+        f"{DISABLE_ENV}=1 to run the pure-PyTorch reference ops instead."
     )
 
 

@@ -31,9 +31,10 @@ def report() -> str:
         lines.append(f"extension  locallearn._C not loaded: {_native.load_error}")
         lines.append("           every op runs its pure-PyTorch reference")
     else:
-        built = "cpu + cuda" if _native.extension.with_cuda else "cpu only"
-        arch = f", CUDA architectures {_native.extension.cuda_arch_list}" if _native.extension.with_cuda else ""
-        lines.append(f"extension  locallearn._C built for {built}{arch}")
+        extension = _native.extension
+        built = (f"cpu + cuda (CUDA {extension.cuda_version}, architectures {extension.cuda_arch_list})"
+                 if extension.with_cuda else "cpu only")
+        lines.append(f"extension  locallearn._C built for {built}")
         lines.append(f"           {_native.extension.__file__}")
     width = max(len(op) for op in NATIVE_OPS)
     lines.append("")
