@@ -410,6 +410,14 @@ def test_tf32_permission_falls_back_to_the_generic_setting():
         torch.backends.cuda.matmul.fp32_precision = previous[0]
 
 
+def test_tf32_permission_is_read_inside_a_compiled_graph_without_a_break(tf32_matmul):
+    """A compiled CUDA model reads the permission while tracing: it must not break the
+    graph (it is a constant of the trace, assume_constant_result)."""
+    compiled = torch.compile(lambda x: x * 2 if locally_connected._cuda_matmul_allows_tf32() else x,
+                             fullgraph=True, backend="eager")
+    assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("geometry", [GEOMETRIES["ImageNet layer 1 in miniature"],
                                       TILED_GEOMETRIES["C_out 96, batch 130, K 200"]], ids=["miniature", "tiled"])

@@ -81,11 +81,11 @@ void check_weight(const char* op, const Tensor& weight, const LocallyConnectedGe
 // ---- CPU passes -------------------------------------------------------------
 
 // A (rows, columns) matrix view of memory this pass owns or only reads, for aten::mm.out.
-template <typename acc_t>
-Tensor matrix(const acc_t* data, int64_t rows, int64_t columns, int64_t row_stride, int64_t column_stride = 1) {
-  return torch::stable::from_blob(const_cast<acc_t*>(data), {rows, columns}, {row_stride, column_stride},
+template <typename T>
+Tensor matrix(const T* data, int64_t rows, int64_t columns, int64_t row_stride, int64_t column_stride = 1) {
+  return torch::stable::from_blob(const_cast<T*>(data), {rows, columns}, {row_stride, column_stride},
                                   torch::stable::Device(torch::headeronly::DeviceType::CPU),
-                                  torch::headeronly::CppTypeToScalarType<acc_t>::value);
+                                  torch::headeronly::CppTypeToScalarType<T>::value);
 }
 
 // out = a @ b for matrix views of opmath buffers.
@@ -252,7 +252,7 @@ void weight_grad_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& input
     torch::stable::parallel_for(0, locations, 1, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> offsets(g.kernel_h * g.kernel_w);
       std::vector<acc_t> patches(g.batch * patch), grad_columns(g.batch * g.out_channels),
-          result(g.out_channels * patch);
+          result(std::is_same_v<scalar_t, acc_t> ? 0 : g.out_channels * patch);
       for (int64_t location = begin; location < end; ++location) {
         tap_offsets(g, location, offsets);
         gather_patches(x, g.batch * g.in_channels, g.in_h * g.in_w, offsets, patches.data());
@@ -262,12 +262,13 @@ void weight_grad_pass_cpu(const LocallyConnectedGeometry& g, const Tensor& input
                 static_cast<acc_t>(grad[(n * g.out_channels + c) * locations + location]);
           }
         }
-        // (C_out, K) = grad_columnsᵀ (C_out, B) @ patches (B, K).
-        matmul_into(matrix(result.data(), g.out_channels, patch, patch),
-                    matrix(grad_columns.data(), g.out_channels, g.batch, 1, g.out_channels),
+        // (C_out, K) = grad_columnsᵀ (C_out, B) @ patches (B, K), straight into grad_weight
+        // in opmath storage, else into `result` and converted by one (vectorised) torch copy.
+        Tensor to = matrix(grad_w + location * g.out_channels * patch, g.out_channels, patch, patch);
+        const Tensor product = std::is_same_v<scalar_t, acc_t> ? to : matrix(result.data(), g.out_channels, patch, patch);
+        matmul_into(product, matrix(grad_columns.data(), g.out_channels, g.batch, 1, g.out_channels),
                     matrix(patches.data(), g.batch, patch, patch));
-        scalar_t* to = grad_w + location * g.out_channels * patch;
-        for (int64_t e = 0; e < g.out_channels * patch; ++e) to[e] = static_cast<scalar_t>(result[e]);
+        if constexpr (!std::is_same_v<scalar_t, acc_t>) torch::stable::copy_(to, product);
       }
     });
   });
