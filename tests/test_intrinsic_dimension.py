@@ -118,7 +118,9 @@ def test_id_profile_flattens_each_layer(generator, capsys):
         linearly_embedded(torch.randn(2000, 6, generator=generator), 30, generator),
     ]
     profile = id_profile(layers, n_subsamples=3, random_state=0, show_progress=False)
-    assert [round(model.dimension_) for model in profile] == [2, 6]
+    # TwoNN's estimate of a 6-d Gaussian from 2,000 points: 5.7-6.4 over 40 seeds, 6.66 in
+    # one CI run (LOCALLEARN_TEST_SEED=385206707); 15 % is wrong-layer-shape territory only.
+    assert [model.dimension_ for model in profile] == pytest.approx([2, 6], rel=0.15)
     assert capsys.readouterr().err == ""
     id_profile(layers[:1], n_subsamples=2, show_progress=True)
     assert "TwoNN per layer" in capsys.readouterr().err
