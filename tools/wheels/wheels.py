@@ -134,16 +134,18 @@ def check_installed(variant: str | None) -> None:
         sys.exit(f"wheels: the {variant} wheel's extension has with_cuda={_native.extension.with_cuda}")
     if with_cuda and torch.version.cuda.split(".")[0] != _native.extension.cuda_version.split(".")[0]:
         sys.exit(f"wheels: built for CUDA {_native.extension.cuda_version}, torch has {torch.version.cuda}")
-    ops = sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("locallearn::"))
+    prefix = f"{_native.OP_NAMESPACE}::"
+    ops = sorted(name.removeprefix(prefix) for name in torch._C._dispatch_get_all_op_names()
+                 if name.startswith(prefix))
     if not ops:
         sys.exit("wheels: no locallearn op is registered")
     for op in ops:
-        keys = ("CPU", "CUDA") if with_cuda else ("CPU",)
-        missing = [key for key in keys if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key)]
-        if simple_registry.singleton.find(op).fake_impl.kernel is None:
+        devices = ("cpu", "cuda") if with_cuda else ("cpu",)
+        missing = [device for device in devices if not _native.has_kernel(op, device)]
+        if simple_registry.singleton.find(prefix + op).fake_impl.kernel is None:
             missing.append("fake")
         if missing:
-            sys.exit(f"wheels: {op} has no {', '.join(missing)} kernel under torch {torch.__version__}")
+            sys.exit(f"wheels: {prefix}{op} has no {', '.join(missing)} kernel under torch {torch.__version__}")
     print(info.report())
     print(f"wheels: locallearn {locallearn.__version__} from {location.parent} loads into torch "
           f"{torch.__version__}; {len(ops)} ops with their {'CPU, CUDA' if with_cuda else 'CPU'} and fake kernels")
