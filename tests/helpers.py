@@ -123,3 +123,19 @@ def interrupt_at_step(trainer, step_number: int) -> None:
 
     trainer.rule.train_step = interrupted
 
+
+class NanAtStep:
+    """Wraps a real rule (a trainer's ``rule``); its output loss turns NaN at step ``bad_step``."""
+
+    def __init__(self, rule, bad_step):
+        self.rule, self.bad_step, self.steps = rule, bad_step, 0
+
+    def train_step(self, x, y):
+        values = self.rule.train_step(x, y)
+        self.steps += 1
+        if self.steps == self.bad_step:
+            values["loss/output"] = torch.tensor(float("nan"))
+        return values
+
+    def __getattr__(self, name):
+        return getattr(self.rule, name)

@@ -128,12 +128,12 @@ def test_a_rank_killed_mid_epoch_is_restarted_and_the_run_ends_as_an_uninterrupt
         "import os, signal\n"
         "if os.environ.get('RANK') == '1' and os.environ.get('TORCHELASTIC_RESTART_COUNT') == '0':\n"
         "    from locallearn.engine import trainer\n"
-        "    check = trainer.Trainer._stop_if_diverged\n"
-        "    def check_then_die(self, values):\n"
-        "        check(self, values)\n"
+        "    check = trainer.Trainer._stop_if\n"
+        "    def check_then_die(self, divergence):\n"
+        "        check(self, divergence)\n"
         "        if self.step == 57:\n"
         "            os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    trainer.Trainer._stop_if_diverged = check_then_die\n", encoding="utf-8")
+        "    trainer.Trainer._stop_if = check_then_die\n", encoding="utf-8")
     pythonpath = os.pathsep.join(filter(None, [str(killer), os.environ.get("PYTHONPATH")]))
     result = torchrun("-m", "locallearn", "train", "--config", str(recipe), "--run-dir", str(tmp_path / "run"),
                       "--no-progress", environment={"PYTHONPATH": pythonpath}, restarts=2)

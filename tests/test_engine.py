@@ -17,6 +17,8 @@ from locallearn.data import load_digits
 from locallearn.engine import schedule
 from locallearn.engine.trainer import Schedule
 
+from helpers import NanAtStep
+
 TINY = ["--data", "digits", "--model", "mlp", "--width", "128", "--depth", "2", "--device", "cpu", "--no-progress"]
 TIMING_FIELDS = ("images_per_s", "train_seconds", "peak_memory_mb")
 
@@ -102,27 +104,11 @@ def test_incompatible_model_and_data_say_why(tmp_path):
 
 
 def test_diverging_run_stops_naming_rule_layer_and_step_and_keeps_last_checkpoint(tmp_path):
-    class DivergesInSecondEpoch:
-        """Wraps a real rule; its output loss turns NaN at step `bad_step`."""
-
-        def __init__(self, rule, bad_step):
-            self.rule, self.bad_step, self.steps = rule, bad_step, 0
-
-        def train_step(self, x, y):
-            values = self.rule.train_step(x, y)
-            self.steps += 1
-            if self.steps == self.bad_step:
-                values["loss/output"] = torch.tensor(float("nan"))
-            return values
-
-        def __getattr__(self, name):
-            return getattr(self.rule, name)
-
     settings = engine.TrainSettings(rule="pred", data="digits", width=32, depth=2, epochs=3, device="cpu",
                                     run_dir=str(tmp_path / "run"))
     trainer = engine.start_run(settings, progress=False)
     steps_per_epoch = len(trainer.train_loader)
-    trainer.rule = DivergesInSecondEpoch(trainer.rule, bad_step=steps_per_epoch + 3)
+    trainer.rule = NanAtStep(trainer.rule, bad_step=steps_per_epoch + 3)
     with pytest.raises(engine.DivergenceError) as raised:
         trainer.fit()
     message = str(raised.value)

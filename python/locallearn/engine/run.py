@@ -167,6 +167,9 @@ class TrainSettings:
                                        "mid-epoch resumes there (0: at epoch ends only)", type=int)
     keep_checkpoints: int = _option(2, "checkpoints kept, the newest as checkpoints/last.pt (best.pt besides)",
                                     type=int)
+    divergence_check_every: int = _option(20, "steps between the host's reads of whether the losses are still "
+                                              "finite (read late, without waiting for the device; a diverged "
+                                              "run stops within twice this many steps)", type=int)
     world_size: int | None = _option(None, "processes training data-parallel: torchrun's WORLD_SIZE, recorded "
                                            "by the run; every process trains batch-size examples per step, so "
                                            "the global batch is world-size × batch-size", type=int)
@@ -298,7 +301,8 @@ def build_trainer(settings: TrainSettings, *, progress: bool = True, world: Worl
     """Everything a run needs, from fully resolved settings."""
     parts = build_parts(settings, world)
     schedule = Schedule(settings.epochs, settings.lr, tuple(settings.lr_milestones), settings.lr_decay,
-                        settings.log_every, settings.seed, settings.checkpoint_every, settings.keep_checkpoints)
+                        settings.log_every, settings.seed, settings.checkpoint_every, settings.keep_checkpoints,
+                        settings.divergence_check_every)
     return Trainer(parts.rule, parts.train_loader, parts.test_loader, schedule, settings.run_dir, progress=progress,
                    tensorboard=settings.tensorboard, validation_loader=parts.validation_loader, world=world)
 

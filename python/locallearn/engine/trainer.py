@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from locallearn.engine.checkpoint import load_checkpoint, save_atomic, save_rotating
+from locallearn.engine.divergence import Divergence, DivergenceWatch
 from locallearn.engine.distributed import (
     SINGLE_PROCESS,
     GradientAveraging,
@@ -48,7 +49,9 @@ class DivergenceError(RuntimeError):
 class Schedule:
     """How long and how fast: epochs, the base rate and its step decay; how often to log
     (``log_every`` steps) and to checkpoint within an epoch (``checkpoint_every`` steps, 0:
-    only at its end), and how many checkpoints to keep."""
+    only at its end), how many checkpoints to keep, and every how many steps the host
+    reads whether the losses are still finite (``divergence_check_every``, see
+    :mod:`locallearn.engine.divergence`)."""
 
     epochs: int
     lr: float
@@ -58,6 +61,7 @@ class Schedule:
     seed: int = 0
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    divergence_check_every: int = 20
     milestones: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +74,8 @@ class Schedule:
                              f"got {self.checkpoint_every}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if self.divergence_check_every < 1:
+            raise ValueError(f"divergence_check_every must be at least 1 step, got {self.divergence_check_every}")
         self.milestones = milestone_epochs(self.epochs, tuple(self.lr_milestones))
 
     def lr_at(self, epoch: int) -> float:
@@ -143,6 +149,7 @@ class Trainer:
         self.epoch_progress = EpochProgress()  # of the epoch under way
         self.best: dict | None = None  # the selected epoch: best_epoch, best_validation_error, test_error_at_best
         self.checkpointed_step: int | None = None  # the step of the newest checkpoint
+        self.divergence = DivergenceWatch(world, schedule.divergence_check_every)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -203,7 +210,7 @@ class Trainer:
         for x, y in self.train_loader.epoch(generator, start=progress.batches):
             values = self.rule.train_step(x, y)
             self.step += 1
-            self._stop_if_diverged(values)
+            self._stop_if(self.divergence.observe(values, self.step))
             progress.add(values, len(y))
             bar.update()
             if self.step % self.schedule.log_every == 0:
@@ -219,6 +226,7 @@ class Trainer:
                 progress.seconds += time.perf_counter() - started
                 self._save_checkpoint()
                 started = time.perf_counter()
+        self._stop_if(self.divergence.check_now())
         sums = dict(progress.sums)
         if self.rule.needs_epoch_pass:
             extra = self.rule.end_epoch(self.train_loader.epoch(_epoch_generator(self.schedule.seed, epoch, "pass")))
@@ -279,28 +287,22 @@ class Trainer:
         loss, errors, count = sum_over_ranks(totals).tolist()
         return loss / count, errors / count
 
-    def _stop_if_diverged(self, values: dict[str, torch.Tensor]) -> None:
-        finite = torch.stack([value.float() for value in values.values()]).isfinite()
-        diverged = torch.zeros(self.world.size, device=finite.device)
-        diverged[self.world.rank] = (~finite).any().float()
-        ranks = sum_over_ranks(diverged).nonzero().flatten().tolist()  # one host sync per step
-        if not ranks:
+    def _stop_if(self, divergence: Divergence | None) -> None:
+        if divergence is None:
             return
         kept = (f"the last good checkpoint is {self.checkpoint_path} (step {self.checkpointed_step})"
                 if self.checkpointed_step is not None else "no checkpoint had been written yet")
-        where = f" on rank {', '.join(map(str, ranks))}" if self.world.is_distributed else ""
-        if self.world.rank in ranks:
-            name = next(key for key, ok in zip(values, finite.tolist()) if not ok)
-            what = f"{name} is {values[name].item()}"
-        else:
-            what = "its loss is no longer finite there"
-        raise DivergenceError(f"rule {self.rule.name!r} diverged at step {self.step} (epoch {self.epoch + 1})"
+        where = f" on rank {', '.join(map(str, divergence.ranks))}" if self.world.is_distributed else ""
+        what = (f"{divergence.name} is {divergence.value}" if divergence.name is not None
+                else "its loss is no longer finite there")
+        raise DivergenceError(f"rule {self.rule.name!r} diverged at step {divergence.step} (epoch {self.epoch + 1})"
                               f"{where}: {what}; {kept}")
 
     def _save_checkpoint(self, also_best: bool = False) -> None:
         """A checkpoint of every rank's state, written by rank 0: the rotating last ones and,
         with ``also_best``, ``checkpoints/best.pt`` first (a kill between the two reruns this
-        epoch from the checkpoint before)."""
+        epoch from the checkpoint before). Nothing is written from a diverged state."""
+        self._stop_if(self.divergence.check_now())
         rng = {"cpu": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         ranks = gather_to_all({"rng": rng, "progress": self.epoch_progress.state()})

@@ -50,6 +50,11 @@ def hard_sigmoid(s: Tensor) -> Tensor:
     return s.clamp(0.0, 1.0)
 
 
+def host_coin_flip(generator: torch.Generator) -> bool:
+    """A fair coin from a CPU generator: drawn on the host, it never waits for the device."""
+    return torch.randint(2, (), generator=generator).item() == 1
+
+
 # Free steps, weakly clamped steps and β for 1, 2 and 3 hidden layers: the authors' code
 # (bscellier/Towards-a-Biologically-Plausible-Backprop, train_model.py: net1, net2, net3).
 SETTLING_BY_DEPTH = {1: (20, 4, 0.5), 2: (150, 6, 1.0), 3: (500, 8, 1.0)}
@@ -174,7 +179,7 @@ class EquilibriumPropagation(Rule):
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         self.model.train()
         beta = self.beta
-        if self.random_sign and torch.randint(2, (), generator=self.sign_generator).item() == 0:
+        if self.random_sign and not host_coin_flip(self.sign_generator):
             beta = -beta
         free, _, estimates = self.gradient_estimates(x, y, beta)
         for parameter, estimate in estimates.items():
