@@ -28,6 +28,7 @@ from locallearn.engine.trainer import CHECKPOINT_NAME, Schedule, Trainer
 from locallearn.data import BAD_IMAGE_POLICIES, INPUT_SCALINGS
 from locallearn.models import ACTIVATIONS, INIT_SCHEMES, MODEL_NAMES, build_model, initialize
 from locallearn.rules import (
+    COMPILE_MODES,
     OPTIMIZERS,
     RULE_NAMES,
     Rule,
@@ -161,6 +162,10 @@ class TrainSettings:
     seed: int = _option(0, "seed of initialisation, batch order and augmentation", type=int)
     device: str | None = _option(None, "cpu or cuda (default: cuda when visible)")
     amp: bool = _option(False, "bfloat16 autocast")
+    compile: bool = _option(False, "run every training step through torch.compile (docs/training.md)")
+    compile_mode: str | None = _option(None, "torch.compile's mode for --compile (default: reduce-overhead, "
+                                             "i.e. CUDA graphs, on a GPU; default on a CPU)",
+                                       choices=COMPILE_MODES)
     deterministic: bool = _option(False, "torch deterministic algorithms (reproducible, slower)")
     log_every: int = _option(50, "steps between metrics.jsonl step records", type=int)
     checkpoint_every: int = _option(0, "also checkpoint every N steps within an epoch, so that a run killed "
@@ -303,6 +308,10 @@ def build_trainer(settings: TrainSettings, *, progress: bool = True, world: Worl
     schedule = Schedule(settings.epochs, settings.lr, tuple(settings.lr_milestones), settings.lr_decay,
                         settings.log_every, settings.seed, settings.checkpoint_every, settings.keep_checkpoints,
                         settings.divergence_check_every)
+    if settings.compile:
+        parts.rule.compile(settings.compile_mode)
+    elif settings.compile_mode is not None:
+        raise ValueError("--compile-mode is a setting of --compile: add --compile")
     return Trainer(parts.rule, parts.train_loader, parts.test_loader, schedule, settings.run_dir, progress=progress,
                    tensorboard=settings.tensorboard, validation_loader=parts.validation_loader, world=world)
 

@@ -12,7 +12,7 @@ import inspect
 from locallearn.models import Network
 from locallearn.rules import associated, backprop, ddtp, equilibrium, feedback_alignment, local_losses, lra, target_prop
 from locallearn.rules.backprop import Backprop
-from locallearn.rules.base import OPTIMIZERS, Rule
+from locallearn.rules.base import COMPILE_MODES, OPTIMIZERS, Rule
 from locallearn.rules.local_losses import LocalLosses
 
 REGISTRY = {**backprop.RULES, **local_losses.RULES, **feedback_alignment.RULES, **target_prop.RULES, **ddtp.RULES,
@@ -83,5 +83,5 @@ TANH_RULES = ("lra-e", "dtp", "dtp-sigma", "sdtp", "ao-sdtp")
 PLAIN_LAYER_RULES = ("lra-e", "ddtp", "dtp", "dtp-sigma", "sdtp", "ao-sdtp", "al", "eqprop")
 
 
-__all__ = ["OPTIMIZERS", "REGISTRY", "RULE_NAMES", "Backprop", "LocalLosses", "Rule", "build_rule",
+__all__ = ["COMPILE_MODES", "OPTIMIZERS", "REGISTRY", "RULE_NAMES", "Backprop", "LocalLosses", "Rule", "build_rule",
            "default_activation", "default_batch_norm", "default_batch_size", "default_depth", "rule_options"]

@@ -18,6 +18,9 @@ from locallearn.models import Network
 from locallearn.models.network import LinearOutput
 from locallearn.rules.optimizers import OPTIMIZERS
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes, for :meth:`Rule.compile`."""
+
 
 class Rule(ABC):
     """Base class: prediction, per-block activations and checkpoint state for a
@@ -73,6 +76,19 @@ class Rule(ABC):
     @abstractmethod
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """One full update on a batch."""
+
+    def compile(self, mode: str | None = None) -> None:
+        """Run every later ``train_step`` through ``torch.compile`` (static shapes: the last
+        short batch of an epoch gets a graph of its own). Dynamo traces the whole step, so
+        each block's forward, head and local loss become one graph, the backward that
+        AOTAutograd derives from it a second, and the optimiser steps their own; the
+        graphs break only at ``backward`` and ``zero_grad``. ``mode`` is torch.compile's:
+        None picks ``"reduce-overhead"`` (CUDA graphs) on a GPU and the default on a CPU."""
+        if mode is None:
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown torch.compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+        self.train_step = torch.compile(self.train_step, mode=mode, dynamic=False)
 
     @abstractmethod
     def optimizers(self) -> list[torch.optim.Optimizer]:
