@@ -112,7 +112,9 @@ class LocalLosses(Rule):
         h_in = x
         # Each block steps after the next block's backward: nothing downstream reads its
         # parameters, so the update is the same, and in a data-parallel run its gradients'
-        # all-reduce overlaps that block's work (locallearn.engine.distributed).
+        # all-reduce overlaps that block's work (locallearn.engine.distributed). What a
+        # block's update needed (its graph, its output, its gradients) is freed once it is
+        # done, so the step holds one block's activations at a time (seed 004 §1).
         previous = None
         for index, (block, heads, optimizer) in enumerate(zip(self.model.blocks, self.heads, self.block_optimizers)):
             with self.autocast():
@@ -120,19 +122,18 @@ class LocalLosses(Rule):
                 loss = self._local_loss(heads, h, y, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if previous is not None:
-                previous.step()
+            _step_and_free(previous)
             previous = optimizer
             metrics[f"loss/block{index}"] = loss.detach()
             with torch.no_grad():
                 h_in = block.emit(h.detach())
+            del h, loss
         with self.autocast():
             logits = self.model.output(h_in)
             output_loss = F.cross_entropy(logits.float(), y)
         self.output_optimizer.zero_grad(set_to_none=True)
         (self.output_scale * output_loss).backward()
-        if previous is not None:
-            previous.step()
+        _step_and_free(previous)
         self.output_optimizer.step()
         output_loss = output_loss.detach()
         metrics["loss/output"] = output_loss
@@ -159,6 +160,13 @@ class LocalLosses(Rule):
                                                  check_values=False))
             loss = loss + self.beta * sim
         return loss
+
+
+def _step_and_free(optimizer: torch.optim.Optimizer | None) -> None:
+    """Update a block, then drop its gradients (the next step recomputes them)."""
+    if optimizer is not None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 RULES = {name: partial(LocalLosses, name=name) for name in LOCAL_LOSS_NAMES}
