@@ -545,15 +545,18 @@ def test_activations_one_per_block_plus_logits(rule_name, model_name, input_shap
 
 
 def digits_accuracy(rule_name: str, model_name: str, steps: int, *, freeze_hidden: bool = False, seed: int = 0,
-                    **model_kwargs) -> float:
-    """Test accuracy after ``steps`` batches of 128 at lr 1e-3 (Adam), everything seeded."""
+                    channels_last: bool = False, amp: bool = False, **model_kwargs) -> float:
+    """Test accuracy after ``steps`` batches of 128 at lr 1e-3 (Adam), everything seeded;
+    optionally with NHWC conv layers and bfloat16 autocast."""
     x_train = normalised_digits()[0]
     torch.manual_seed(seed)
     model = build_model(model_name, tuple(x_train.shape[1:]), 10, activation=default_activation(rule_name),
                         **model_kwargs)
     if freeze_hidden:
         model.blocks.requires_grad_(False)
-    rule = build_rule(rule_name, model, lr=1e-3)
+    rule = build_rule(rule_name, model, lr=1e-3, amp=amp)
+    if channels_last:
+        rule.use_channels_last()
     return digits_test_accuracy(rule, steps, seed=seed)
 
 
@@ -589,6 +592,28 @@ def test_mlp_learns_digits(rule_name, frozen_mlp_accuracy):
 def test_allcnn_short_learns_digits(rule_name):
     accuracy = digits_accuracy(rule_name, "allcnn-c-short", CONV_STEPS)
     assert accuracy >= CONV_BARS[rule_name], f"{rule_name}: {accuracy:.3f}"
+
+
+@pytest.mark.parametrize("rule_name", ["backprop", "predsim"])
+def test_allcnn_short_learns_digits_in_channels_last_and_bfloat16(rule_name):
+    """The NHWC + bf16 autocast path meets the fp32 bar (its activations are NHWC: checked)."""
+    accuracy = digits_accuracy(rule_name, "allcnn-c-short", CONV_STEPS, channels_last=True, amp=True)
+    assert accuracy >= CONV_BARS[rule_name], f"{rule_name}: {accuracy:.3f}"
+
+
+def test_channels_last_rules_run_their_conv_layers_in_nhwc_and_bfloat16():
+    torch.manual_seed(0)
+    model = build_model("allcnn-c-short", (1, 8, 8), 10, activation="leaky_relu")
+    rule = build_rule("predsim", model, lr=1e-3, amp=True)
+    rule.use_channels_last()
+    x = normalised_digits()[0][:16]
+    with rule.autocast():
+        features = model.blocks[0].features(x)
+    assert features.dtype == torch.bfloat16
+    assert features.dim() == 4 and features.is_contiguous(memory_format=torch.channels_last)
+    assert not features.is_contiguous()
+    assert all(parameter.is_contiguous(memory_format=torch.channels_last)
+               for parameter in rule.trainable_modules().parameters() if parameter.dim() == 4)
 
 
 def test_allcnn_short_bar_is_above_untrained_features():

@@ -162,6 +162,7 @@ class TrainSettings:
     seed: int = _option(0, "seed of initialisation, batch order and augmentation", type=int)
     device: str | None = _option(None, "cpu or cuda (default: cuda when visible)")
     amp: bool = _option(False, "bfloat16 autocast")
+    channels_last: bool = _option(False, "conv layers in channels-last (NHWC) memory format")
     compile: bool = _option(False, "run every training step through torch.compile (docs/training.md)")
     compile_mode: str | None = _option(None, "torch.compile's mode for --compile (default: reduce-overhead, "
                                              "i.e. CUDA graphs, on a GPU; default on a CPU)",
@@ -308,6 +309,8 @@ def build_trainer(settings: TrainSettings, *, progress: bool = True, world: Worl
     schedule = Schedule(settings.epochs, settings.lr, tuple(settings.lr_milestones), settings.lr_decay,
                         settings.log_every, settings.seed, settings.checkpoint_every, settings.keep_checkpoints,
                         settings.divergence_check_every)
+    if settings.channels_last:
+        parts.rule.use_channels_last()
     if settings.compile:
         parts.rule.compile(settings.compile_mode)
     elif settings.compile_mode is not None:

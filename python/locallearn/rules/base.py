@@ -77,6 +77,12 @@ class Rule(ABC):
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """One full update on a batch."""
 
+    def use_channels_last(self) -> None:
+        """Hold every 4-d parameter and buffer in channels-last (NHWC) memory format: a
+        convolution follows its weight's format, so conv layers, batch norm and the local
+        heads then run on NHWC activations. Call before the first step."""
+        self.trainable_modules().to(memory_format=torch.channels_last)
+
     def compile(self, mode: str | None = None) -> None:
         """Run every later ``train_step`` through ``torch.compile`` (static shapes: the last
         short batch of an epoch gets a graph of its own). Dynamo traces the whole step, so
