@@ -7,8 +7,11 @@ validate before calling either implementation.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 SIMILARITY_EPS = 1e-8
 """eps of seed 004's reference code: x̃_i / (‖x̃_i‖ + eps)."""
@@ -17,6 +20,14 @@ SIMILARITY_EPS = 1e-8
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the ops compute in: float32 for half precision, else the dtype itself."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which ``torch.autocast`` leaves ``device``'s operations alone: the
+    references pick their own precision, and autocast must not recast their products."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class _UpcastSaturatingGrad(torch.autograd.Function):
@@ -174,3 +185,27 @@ def locally_connected_output_size(
         (size + 2 * pad - dil * (kernel - 1) - 1) // step + 1
         for size, kernel, step, pad, dil in zip(input_size, kernel_size, stride, padding, dilation)
     )
+
+
+DIFFERENCE_TARGET_ACTIVATIONS = {
+    "relu": F.relu,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
+    "tanh": torch.tanh,
+    "elu": F.elu,
+}
+"""σ of :func:`difference_target` by name: the elementwise activations of
+``locallearn.models.network.ACTIVATIONS``, with their constants there."""
+
+
+def difference_target(h_below: Tensor, t_upper: Tensor, h_upper: Tensor, weight: Tensor, bias: Tensor,
+                      activation: str) -> Tensor:
+    """DTP's target for the layer below, h_below + g(t_upper) − g(h_upper) (seed 003 eq. (2)),
+    through the learned inverse g(h) = σ(V h + c) (V = ``weight``, c = ``bias``), computed in
+    the opmath dtype and returned in h_below's."""
+    dtype = opmath_dtype(h_below.dtype)
+    sigma = DIFFERENCE_TARGET_ACTIVATIONS[activation]
+
+    def inverse(h: Tensor) -> Tensor:
+        return sigma(F.linear(h.to(dtype), weight.to(dtype), bias.to(dtype)))
+
+    return (h_below.to(dtype) + (inverse(t_upper) - inverse(h_upper))).to(h_below.dtype)
