@@ -28,6 +28,7 @@ from locallearn.ops import (
     locally_connected,
     channel_std,
     difference_target,
+    direct_feedback,
     locally_connected2d,
     locally_connected2d_transpose,
     locally_connected2d_weight_grad,
@@ -150,8 +151,9 @@ def locally_connected_cases(sizes: Sizes, window: dict, dtype, device, generator
             "locally_connected2d_weight_grad": weight_grad}
 
 
-def difference_target_cases(sizes: Sizes, dtype, device, generator) -> dict:
-    """difference_target forward and backward: (B, D) below, (B, C_out) above, tanh."""
+def target_and_feedback_cases(sizes: Sizes, dtype, device, generator) -> dict:
+    """difference_target forward and backward: (B, D) below, (B, C_out) above, tanh; and
+    direct_feedback (forward only, no gradient) of a (B, C_out) error to D·C features."""
 
     def case() -> list[torch.Tensor]:
         shapes = [(sizes.batch, sizes.features), (sizes.batch, sizes.out_channels), (sizes.batch, sizes.out_channels),
@@ -159,7 +161,11 @@ def difference_target_cases(sizes: Sizes, dtype, device, generator) -> dict:
         inputs = [leaf(shape, dtype, device, generator) for shape in shapes]
         return backward_of(difference_target(*inputs, "tanh"), *inputs, generator=generator)
 
-    return {"difference_target": case}
+    def projection() -> list[torch.Tensor]:
+        error = torch.randn(sizes.batch, sizes.out_channels, generator=generator, device=device).to(dtype)
+        return [direct_feedback(error, 0, 1, sizes.features * sizes.channels)]
+
+    return {"difference_target": case, "direct_feedback": projection}
 
 
 def engine(device: torch.device, tensor_cores: bool):
@@ -180,7 +186,7 @@ def run_all(device: torch.device, seed: int) -> int:
             cases = locally_connected_cases(sizes, WINDOWS[size_name], dtype, device, generator)
             if tensor_cores:
                 cases = {**similarity_cases(sizes, dtype, device, generator),
-                         **difference_target_cases(sizes, dtype, device, generator), **cases}
+                         **target_and_feedback_cases(sizes, dtype, device, generator), **cases}
             for name, case in cases.items():
                 begin = time.perf_counter()
                 with engine(device, tensor_cores):

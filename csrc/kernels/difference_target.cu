@@ -25,20 +25,13 @@ __global__ void __launch_bounds__(simt::kThreads)
     simt::multiply_staged(bottom, inverse, bottom_sum);
     __syncthreads();
   }
-#pragma unroll
-  for (int r = 0; r < simt::kMicro; ++r) {
-    const int64_t row = at.row + simt::tile_row(r);
-#pragma unroll
-    for (int c = 0; c < simt::kMicro; ++c) {
-      const int64_t column = at.column + simt::tile_column(c);
-      if (row < batch && column < below) {
-        const int64_t index = row * below + column;
-        out[index] = Numeric<scalar_t>::from_acc(
-            difference_target_value(activation, Numeric<scalar_t>::to_acc(h_below[index]), top_sum[r][c],
-                                    bottom_sum[r][c], Numeric<scalar_t>::to_acc(bias[column])));
-      }
-    }
-  }
+  simt::store_tile(at, batch, below, [&](int64_t row, int64_t column, int r, int c) {
+    const int64_t index = row * below + column;
+    const acc_t below_value = Numeric<scalar_t>::to_acc(h_below[index]);
+    const acc_t bias_value = Numeric<scalar_t>::to_acc(bias[column]);
+    out[index] = Numeric<scalar_t>::from_acc(
+        difference_target_value(activation, below_value, top_sum[r][c], bottom_sum[r][c], bias_value));
+  });
 }
 
 }  // namespace

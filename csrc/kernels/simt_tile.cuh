@@ -72,6 +72,21 @@ __device__ void multiply_staged(const Staged<acc_t>& a, const Staged<acc_t>& b, 
   }
 }
 
+// store(row, column, r, c) for each element (r, c) of this thread's micro-tile that lies
+// inside the (rows, columns) C.
+template <typename Store>
+__device__ __forceinline__ void store_tile(const Origin& at, int64_t rows, int64_t columns, const Store& store) {
+#pragma unroll
+  for (int r = 0; r < kMicro; ++r) {
+    const int64_t row = at.row + tile_row(r);
+#pragma unroll
+    for (int c = 0; c < kMicro; ++c) {
+      const int64_t column = at.column + tile_column(c);
+      if (row < rows && column < columns) store(row, column, r, c);
+    }
+  }
+}
+
 // Blocks of the 1-d grid over the tiles of a (rows, columns) C, or 0 where there are
 // more than a grid holds.
 inline unsigned int tile_blocks(int64_t rows, int64_t columns) {

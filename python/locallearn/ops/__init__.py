@@ -6,6 +6,7 @@ Each public function validates its input, then runs the native op from
 
 from locallearn.ops.channel_std import channel_std
 from locallearn.ops.difference_target import DIFFERENCE_TARGET_ACTIVATIONS, difference_target
+from locallearn.ops.direct_feedback import direct_feedback
 from locallearn.ops.locally_connected import (
     locally_connected2d,
     locally_connected2d_transpose,
@@ -21,6 +22,7 @@ NATIVE_OPS = (
     "locally_connected2d_transpose",
     "locally_connected2d_weight_grad",
     "difference_target",
+    "direct_feedback",
 )
 """Names of the ops in the ``locallearn`` dispatcher namespace."""
 
@@ -29,6 +31,7 @@ __all__ = [
     "NATIVE_OPS",
     "channel_std",
     "difference_target",
+    "direct_feedback",
     "locally_connected2d",
     "locally_connected2d_transpose",
     "locally_connected2d_weight_grad",

@@ -8,6 +8,8 @@ validate before calling either implementation.
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -209,3 +211,68 @@ def difference_target(h_below: Tensor, t_upper: Tensor, h_upper: Tensor, weight:
         return sigma(F.linear(h.to(dtype), weight.to(dtype), bias.to(dtype)))
 
     return (h_below.to(dtype) + (inverse(t_upper) - inverse(h_upper))).to(h_below.dtype)
+
+
+# ---------------------------------------------------------------- DFA's generated feedback
+
+_MASK32 = 0xFFFFFFFF
+_MULTIPLIERS = (0x7FEB352D, 0x5BD1E995)  # odd and below 2³¹: a 32-bit value times one fits in int64
+
+
+def _mix32(x):
+    """A bijective hash of 32-bit values held in Python ints or int64 tensors (in place
+    on tensors): xor-shift, multiply, xor-shift, multiply, xor-shift, each product
+    taken mod 2³² by a mask, so that no int64 ever overflows."""
+    x ^= x >> 16
+    x *= _MULTIPLIERS[0]
+    x &= _MASK32
+    x ^= x >> 15
+    x *= _MULTIPLIERS[1]
+    x &= _MASK32
+    x ^= x >> 16
+    return x
+
+
+def _salts(seed: int, layer: int) -> tuple[int, int]:
+    """The row and column salts of layer ``layer``'s matrix under ``seed`` (any int64)."""
+    key = _mix32((seed & _MASK32) ^ _mix32(((seed >> 32) & _MASK32) ^ 0x9E3779B9))
+    key = _mix32(key ^ _mix32(layer ^ 0x632BE5AB))
+    return _mix32(key ^ 0x85EBCA6B), _mix32(key ^ 0xC2B2AE35)
+
+
+def feedback_columns(seed: int, layer: int, num_rows: int, start: int, stop: int,
+                     device: torch.device | str = "cpu") -> Tensor:
+    """Columns ``start:stop`` of the DFA feedback matrix B_ℓ (``num_rows`` = K rows) as
+    float32, computed from the indices alone (a counter-based generator):
+
+        B_ℓ[i, j] = (2·(u >> 8) + 1 − 2²⁴) · √(3/K) / 2²⁴,  u = mix(mix(i ⊕ s_row) ⊕ mix(j ⊕ s_col))
+
+    with ``mix`` the 32-bit hash above and the salts from (seed, ℓ): the 2²⁴ odd
+    multiples of √(3/K)/2²⁴ in (−√(3/K), √(3/K)), equally likely, so B_ℓ is uniform with
+    mean 0 and variance 1/K (each unit's feedback e·B_ℓ[:, j] has the size of an average
+    output error). Temporaries: two int64 K × (stop − start) grids."""
+    row_salt, column_salt = _salts(seed, layer)
+    rows = _mix32(torch.arange(num_rows, device=device) ^ row_salt)
+    grid = rows[:, None] ^ _mix32(torch.arange(start, stop, device=device) ^ column_salt)
+    grid = _mix32(grid)
+    grid >>= 7
+    grid |= 1
+    grid -= 1 << 24
+    return grid.to(torch.float32).mul_(math.sqrt(3 / num_rows) / 2**24)
+
+
+def project_in_chunks(error: Tensor, num_features: int, chunk: int, columns: Callable[[int, int], Tensor]) -> Tensor:
+    """error @ B in error's dtype, ``chunk`` columns at a time, B's columns ``start:stop``
+    given by ``columns(start, stop)``."""
+    projected = error.new_empty(error.shape[0], num_features)
+    for start in range(0, num_features, chunk):
+        stop = min(start + chunk, num_features)
+        projected[:, start:stop] = error @ columns(start, stop).to(error.dtype)
+    return projected
+
+
+def direct_feedback(error: Tensor, seed: int, layer: int, num_features: int, chunk: int = 16384) -> Tensor:
+    """e B_ℓ of direct feedback alignment, B_ℓ = :func:`feedback_columns` of (seed, layer)
+    with K = error's columns, generated ``chunk`` columns at a time: (B, K) → (B, N)."""
+    return project_in_chunks(error, num_features, chunk, lambda start, stop: feedback_columns(
+        seed, layer, error.shape[1], start, stop, error.device))
