@@ -1,6 +1,11 @@
 """Memory of direct feedback alignment's feedback matrices: stored B_ℓ (K × N_ℓ float32
 for every hidden layer ℓ) against the extra memory of projecting e B_ℓ with B_ℓ
-generated on the fly, ``chunk`` columns at a time (locallearn.nn.DirectFeedback).
+generated on the fly (locallearn.nn.DirectFeedback, through locallearn.ops.direct_feedback).
+
+"Accounted" is the pure-PyTorch fallback's, which generates ``chunk`` columns at a time.
+Where the native op serves the device it generates B_ℓ in K × 256 tiles per CPU thread
+(buffers outside torch's allocator, which the CPU measurement below does not see) or in
+shared memory on a GPU, so "measured" is then the native op's and falls far below it.
 
 For every case the table gives, per hidden layer, the stored matrix's bytes and the
 generated projection's extra bytes: accounted, max(16·K, 4·(K + batch))·c with

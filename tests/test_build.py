@@ -1,10 +1,10 @@
 """The build itself: locallearn._C imports, has CUDA exactly when torch does, and every
 op of the ``locallearn`` namespace has a CPU kernel, a CUDA kernel (CUDA builds), a fake
-kernel for torch.compile and, for the public ops, an autograd formula. CMake builds on
-LibTorch's stable ABI: against a CUDA torch it configures with the toolkit behind a
-wrapper nvcc, links only the libraries that export the stable shims and the CUDA
-runtime, and turns TORCH_CUDA_ARCH_LIST into SASS and PTX targets; LOCALLEARN_CUDA=OFF
-builds the CPU ops against any torch, without a toolkit."""
+kernel for torch.compile and, for the public ops but direct_feedback, an autograd
+formula. CMake builds on LibTorch's stable ABI: against a CUDA torch it configures with
+the toolkit behind a wrapper nvcc, links only the libraries that export the stable shims
+and the CUDA runtime, and turns TORCH_CUDA_ARCH_LIST into SASS and PTX targets;
+LOCALLEARN_CUDA=OFF builds the CPU ops against any torch, without a toolkit."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from locallearn.ops import NATIVE_OPS
 
 REPO = Path(__file__).resolve().parents[1]
 BACKWARD_OPS = ("similarity_matching_loss_backward", "channel_std_backward")
+NOT_DIFFERENTIABLE_OPS = ("direct_feedback",)
+"""Public ops without an autograd formula: direct_feedback projects an error that is itself a gradient."""
 
 
 def registered_ops() -> list[str]:
@@ -50,7 +52,8 @@ def test_every_op_is_registered_for_every_built_device():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CUDA") == _native.extension.with_cuda, op
         assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "Meta"), op
         assert simple_registry.singleton.find(qualified).fake_impl.kernel is not None, op
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "Autograd") == (op in NATIVE_OPS), op
+        differentiable = op in NATIVE_OPS and op not in NOT_DIFFERENTIABLE_OPS
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "Autograd") == differentiable, op
 
 
 # ---- CMake against a CUDA torch ------------------------------------------------

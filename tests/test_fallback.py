@@ -31,11 +31,16 @@ CHECK_FALLBACK = textwrap.dedent(
         loss = locallearn.similarity_matching_loss(h, y, num_classes=3)
         loss = loss + locallearn.similarity_matching_loss(a, y, num_classes=3)
         locallearn.channel_std(a)
+        inverse_inputs = (torch.randn(10, 4), h, h + 1, torch.randn(4, 12), torch.randn(4))
+        target = locallearn.ops.difference_target(*inverse_inputs, "tanh")
+        projected = locallearn.ops.direct_feedback(a[:, 0, 0], 5, 1, 70, chunk=16)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "reference" in messages[0], messages
     loss.backward()
     expected = reference.similarity_matching_loss(h, y, None, 3) + reference.similarity_matching_loss(a, y, None, 3)
     assert torch.equal(loss, expected)
+    assert torch.equal(target, reference.difference_target(*inverse_inputs, "tanh"))
+    assert torch.equal(projected, reference.direct_feedback(a[:, 0, 0], 5, 1, 70, chunk=16))
     print("fallback ok:", messages[0])
     """
 )

@@ -282,7 +282,8 @@ def test_feedback_distribution_is_uniform_with_variance_one_over_k():
 
 @pytest.mark.parametrize("chunk", [1, 7, 250, 1003, 5000])
 def test_projection_equals_error_times_matrix(chunk, generator):
-    """Chunk by chunk (sizes that do not divide N), generated or stored: e @ B_ℓ in float64."""
+    """Generated (the fused op) or stored (chunk by chunk, sizes that do not divide N):
+    e @ B_ℓ in float64, the two to float64 rounding; the matrices bit for bit the generator's."""
     sizes = [1003, 37]
     generated = DirectFeedback(13, sizes, seed=4, chunk=chunk)
     stored = DirectFeedback(13, sizes, seed=4, mode="stored", chunk=chunk)
@@ -295,7 +296,7 @@ def test_projection_equals_error_times_matrix(chunk, generator):
         projected = generated(error, layer)
         assert projected.dtype == torch.float64 and projected.shape == (5, size)
         torch.testing.assert_close(projected, error @ matrix.double(), rtol=1e-13, atol=1e-15)
-        assert torch.equal(stored(error, layer), projected)
+        torch.testing.assert_close(stored(error, layer), projected, rtol=1e-13, atol=1e-15)
     assert not torch.equal(generated.matrix(0)[:, :37], generated.matrix(1))
 
 
@@ -322,17 +323,26 @@ def test_dfa_feedback_is_fixed_and_shaped_k_by_features(mode, model_kind, genera
             assert torch.equal(getattr(rule.feedback, f"matrix{layer}"), matrix)
 
 
+def assert_states_close(a: dict, b: dict) -> None:
+    """Equal keys, values equal to float32 rounding (stored and generated DFA projections)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 @pytest.mark.parametrize("model_kind", ["mlp", "conv"])
-def test_dfa_stored_and_generated_steps_are_identical(model_kind, generator):
+def test_dfa_stored_and_generated_steps_agree(model_kind, generator):
+    """SGD steps, so that the float32 rounding the two projections differ by stays that size
+    (Adam normalises a gradient's rounding noise up to a full step)."""
     x, labels = batch_for(SMALL_MODELS[model_kind](), generator)
     states = []
     for mode in ("generated", "stored"):
-        rule = small_rule("dfa", model_kind, dropout=0.1, dfa_feedback=mode, dfa_chunk=7)
+        rule = small_rule("dfa", model_kind, dropout=0.1, dfa_feedback=mode, dfa_chunk=7, optimizer="sgd")
         torch.manual_seed(3)
         for _ in range(3):
             rule.train_step(x, labels)
         states.append(module_state(rule.trainable_modules()))
-    assert states_equal(*states)
+    assert_states_close(*states)
 
 
 def test_dfa_gradients_are_each_blocks_projected_error_only(generator):
@@ -400,6 +410,13 @@ def test_amp_step_keeps_float32_parameters(rule_name, generator):
 # ---------------------------------------------------------------- options and checkpoints
 
 
+@pytest.mark.parametrize("mode", ["generated", "stored"])
+def test_projection_refuses_an_error_of_other_classes(mode):
+    feedback = DirectFeedback(10, [30], mode=mode)
+    with pytest.raises(ValueError, match=r"\(batch, K = 10\)"):
+        feedback(torch.ones(4, 9), 0)
+
+
 @pytest.mark.parametrize("options, match", [({"dfa_feedback": "random"}, "feedback mode"),
                                             ({"dfa_chunk": 0}, "chunk"), ({"dfa_chunk": -5}, "chunk")])
 def test_dfa_bad_options_raise(options, match):
@@ -416,7 +433,8 @@ ROUND_TRIPS = [("fa", {}, {}), ("dfa", {}, {}), ("dfa", {"dfa_feedback": "stored
 def test_state_dict_round_trip(rule_name, saved_options, loading_options, model_kind, tmp_path, generator):
     """Save after a few steps; load into a rule with other initial weights and another
     feedback seed: the checkpoint brings the feedback along and the next step is
-    bit-identical (stored and generated DFA states are interchangeable)."""
+    bit-identical (stored and generated DFA states are interchangeable; a stored state
+    loaded into a generated rule steps to float32 rounding of the stored rule's step)."""
     rule = small_rule(rule_name, model_kind, init_seed=0, seed=0, dropout=0.1, **saved_options)
     x, labels = batch_for(rule.model, generator)
     for _ in range(2):
@@ -433,7 +451,11 @@ def test_state_dict_round_trip(rule_name, saved_options, loading_options, model_
     for each in (rule, fresh):
         torch.manual_seed(7)
         each.train_step(x, labels)
-    assert states_equal(module_state(fresh.trainable_modules()), module_state(rule.trainable_modules()))
+    after = module_state(fresh.trainable_modules()), module_state(rule.trainable_modules())
+    if saved_options == loading_options:
+        assert states_equal(*after)
+    else:
+        assert_states_close(*after)
 
 
 @pytest.mark.parametrize("saved, loading", [("fa", "dfa"), ("dfa", "fa"), ("backprop", "fa"), ("fa", "backprop"),

@@ -3,7 +3,8 @@ reference, forward and backward, on fresh random inputs of odd sizes."""
 
 import pytest
 import torch
-from helpers import cuda_param, opposing_target, random_features, random_labels, relative_error, require_native
+from helpers import (cuda_param, native_tolerance as tolerance, opposing_target, random_features, random_labels,
+                     relative_error, require_native)
 
 import locallearn
 from locallearn import _native
@@ -11,15 +12,6 @@ from locallearn.ops import reference
 from locallearn.ops.channel_std import channel_std_opmath
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-
-
-def tolerance(device: str, dtype: torch.dtype) -> float:
-    """The issue's bars: fp32 1e-5 on the CPU, 1e-4 on CUDA; half precision 2e-2."""
-    if dtype in (torch.bfloat16, torch.float16):
-        return 2e-2
-    if dtype == torch.float64:
-        return 1e-10
-    return 1e-5 if device == "cpu" else 1e-4
 
 
 @pytest.fixture(params=["cpu", cuda_param("cuda")])

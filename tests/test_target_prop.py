@@ -12,11 +12,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from helpers import digits_test_accuracy, normalised_digits
+from helpers import digits_test_accuracy, normalised_digits, relative_error
 from locallearn.models import build_model
-from locallearn.ops import locally_connected2d_transpose
+from locallearn.ops import difference_target, locally_connected2d_transpose
 from locallearn.rules import build_rule
-from locallearn.rules.target_prop import RULES
+from locallearn.rules import inverses as inverses_module
+from locallearn.rules.target_prop import RULES, widened
 
 RULE_NAMES = tuple(RULES)
 GRADIENT_TOP_TARGET = {"dtp": True, "dtp-sigma": True, "sdtp": False, "ao-sdtp": False}
@@ -461,6 +462,68 @@ def test_locally_connected_targets_follow_eq_2(rule_name, generator):
     for k, (activity, target) in enumerate(zip(activities, targets)):
         expected_loss = (activity - target).pow(2).flatten(1).sum(1).mean()
         torch.testing.assert_close(metrics[f"loss/block{k}"], expected_loss, rtol=1e-10, atol=1e-14)
+
+
+# ---------------------------------------------------------------- the fused difference target
+
+
+def unfused_targets(rule, x, y):
+    """The targets as TargetPropagation._targets computed them before the fused op: each
+    inverse run twice under the rule's autocast,
+    ĥ_{ℓ−1} = h_{ℓ−1} + (1 − α)(g(ĥ_ℓ) − g(h_ℓ)) + α Jᵀ(ĥ_ℓ − h_ℓ)."""
+    rule.model.train()
+    inputs, activities, logits = rule._forward(x)
+    alpha = rule.hybrid_alpha
+    targets = [rule._top_target(inputs[-1], logits, x, y)]
+    for k in range(len(activities) - 1, 0, -1):
+        h, h_target, h_below = activities[k], targets[0], inputs[k]
+        step = widened(torch.zeros_like(h_below))
+        if alpha < 1:
+            with torch.no_grad(), rule.autocast():
+                inverse = rule.inverses[f"block{k}"]
+                step += (1 - alpha) * widened(inverse(h_target.to(h.dtype)) - inverse(h.detach()))
+        if alpha > 0:
+            jacobian_t = torch.autograd.grad(h, h_below, grad_outputs=(h_target - widened(h.detach())).to(h.dtype),
+                                             retain_graph=True)[0]
+            step += alpha * widened(jacobian_t)
+        targets.insert(0, widened(h_below.detach()) + step)
+    return targets
+
+
+@pytest.mark.parametrize("network", ["mlp", "lc"])
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh", "elu"])
+@pytest.mark.parametrize("rule_name, alpha", [("dtp", 0.0), ("sdtp", 0.0), ("dtp-sigma", 0.3)])
+def test_fused_targets_equal_the_unfused_formula(rule_name, alpha, activation, network, generator, monkeypatch):
+    """float32: the targets through the fused op (every fully-connected inverse: all of an
+    MLP's, the one above the LC blocks) equal the inverses run twice, to float32 rounding."""
+    torch.manual_seed(0)
+    if network == "mlp":
+        model = small_mlp(activation=activation, dtype=torch.float32)
+    else:
+        model = build_model("lc-mnist", (1, 9, 9), 4, width_multiplier=0.125, activation=activation,
+                            batch_norm=False)
+    rule = make_rule(rule_name, model, hybrid_alpha=alpha)
+    fused = [key for key, inverse in rule.inverses.items() if key != "output" and inverse.fused_activation]
+    assert fused == (list(rule.inverses)[:2] if network == "mlp" else ["block2"])
+    calls = []
+    monkeypatch.setattr(inverses_module, "difference_target", lambda *args: calls.append(1) or difference_target(*args))
+    x, y = batch(model, generator)
+    _, targets = rule.targets(x, y)
+    assert len(calls) == len(fused)
+    for got, expected in zip(targets, unfused_targets(rule, x, y), strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_targets_under_amp_are_float32(generator):
+    """With amp the fused op runs on the float32 (widened) activities and weights, where the
+    inverses ran in bfloat16: the targets agree to bfloat16 rounding and stay float32."""
+    rule = make_rule("dtp", small_mlp(dtype=torch.float32, width=32), amp=True)
+    x, y = batch(rule.model, generator)
+    _, targets = rule.targets(x, y)
+    for got, expected in zip(targets, unfused_targets(rule, x, y), strict=True):
+        assert got.dtype == torch.float32
+        assert relative_error(got, expected) < 2e-2
 
 
 @pytest.mark.parametrize("options, message", [

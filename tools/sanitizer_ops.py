@@ -27,6 +27,8 @@ from locallearn.ops import (
     NATIVE_OPS,
     locally_connected,
     channel_std,
+    difference_target,
+    direct_feedback,
     locally_connected2d,
     locally_connected2d_transpose,
     locally_connected2d_weight_grad,
@@ -77,6 +79,12 @@ def leaf(shape, dtype: torch.dtype, device: torch.device, generator: torch.Gener
     return torch.randn(shape, generator=generator, device=device).to(dtype).requires_grad_()
 
 
+def backward_of(output: torch.Tensor, *leaves: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    """``output`` and its leaves' gradients after a backward pass from a random gradient."""
+    output.backward(torch.randn(output.shape, generator=generator, device=output.device).to(output.dtype))
+    return [output, *(tensor.grad for tensor in leaves)]
+
+
 def similarity_cases(sizes: Sizes, dtype, device, generator) -> dict[str, Callable[[], list[torch.Tensor]]]:
     """The similarity-matching loss on (B, D) features with labels and with a target
     matrix, and on (B, C, H, W) activations (through channel_std), and channel_std alone."""
@@ -125,25 +133,39 @@ def locally_connected_cases(sizes: Sizes, window: dict, dtype, device, generator
     def grad_output() -> torch.Tensor:
         return leaf((sizes.batch, sizes.out_channels, *out_size), dtype, device, generator)
 
-    def backward_of(output: torch.Tensor, *leaves: torch.Tensor) -> list[torch.Tensor]:
-        output.backward(torch.randn(output.shape, generator=generator, device=device).to(dtype))
-        return [output, *(tensor.grad for tensor in leaves)]
-
     def forward() -> list[torch.Tensor]:
         x, weight = input(), leaf(weight_shape, dtype, device, generator)
         bias = leaf((sizes.out_channels, *out_size), dtype, device, generator)
-        return backward_of(locally_connected2d(x, weight, bias, **window), x, weight, bias)
+        return backward_of(locally_connected2d(x, weight, bias, **window), x, weight, bias, generator=generator)
 
     def transpose() -> list[torch.Tensor]:
         y, weight = grad_output(), leaf(weight_shape, dtype, device, generator)
-        return backward_of(locally_connected2d_transpose(y, weight, sizes.image, **window), y, weight)
+        return backward_of(locally_connected2d_transpose(y, weight, sizes.image, **window), y, weight,
+                           generator=generator)
 
     def weight_grad() -> list[torch.Tensor]:
         x, y = input(), grad_output()
-        return backward_of(locally_connected2d_weight_grad(x, y, **window), x, y)
+        return backward_of(locally_connected2d_weight_grad(x, y, **window), x, y, generator=generator)
 
     return {"locally_connected2d": forward, "locally_connected2d_transpose": transpose,
             "locally_connected2d_weight_grad": weight_grad}
+
+
+def target_and_feedback_cases(sizes: Sizes, dtype, device, generator) -> dict:
+    """difference_target forward and backward: (B, D) below, (B, C_out) above, tanh; and
+    direct_feedback (forward only, no gradient) of a (B, C_out) error to D·C features."""
+
+    def case() -> list[torch.Tensor]:
+        shapes = [(sizes.batch, sizes.features), (sizes.batch, sizes.out_channels), (sizes.batch, sizes.out_channels),
+                  (sizes.features, sizes.out_channels), (sizes.features,)]
+        inputs = [leaf(shape, dtype, device, generator) for shape in shapes]
+        return backward_of(difference_target(*inputs, "tanh"), *inputs, generator=generator)
+
+    def projection() -> list[torch.Tensor]:
+        error = torch.randn(sizes.batch, sizes.out_channels, generator=generator, device=device).to(dtype)
+        return [direct_feedback(error, 0, 1, sizes.features * sizes.channels)]
+
+    return {"difference_target": case, "direct_feedback": projection}
 
 
 def engine(device: torch.device, tensor_cores: bool):
@@ -163,7 +185,8 @@ def run_all(device: torch.device, seed: int) -> int:
             torch.backends.cuda.matmul.fp32_precision = fp32_precision
             cases = locally_connected_cases(sizes, WINDOWS[size_name], dtype, device, generator)
             if tensor_cores:
-                cases = {**similarity_cases(sizes, dtype, device, generator), **cases}
+                cases = {**similarity_cases(sizes, dtype, device, generator),
+                         **target_and_feedback_cases(sizes, dtype, device, generator), **cases}
             for name, case in cases.items():
                 begin = time.perf_counter()
                 with engine(device, tensor_cores):

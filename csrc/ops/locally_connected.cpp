@@ -17,19 +17,6 @@ namespace {
 
 // ---- checks -----------------------------------------------------------------
 
-void check_tensor(const char* op, const char* name, const Tensor& tensor, int64_t dims, const char* layout) {
-  LOCALLEARN_CHECK(tensor.dim() == dims, op, ": ", name, " must be ", layout, ", got ", format_sizes(tensor.sizes()));
-  LOCALLEARN_CHECK(is_supported_float(tensor.scalar_type()), op, ": ", name,
-                   " must be float32, float64, float16 or bfloat16, got ", tensor.scalar_type());
-}
-
-void check_same_dtype_and_device(const char* op, const char* name, const Tensor& tensor, const char* reference_name,
-                                 const Tensor& reference) {
-  LOCALLEARN_CHECK(tensor.scalar_type() == reference.scalar_type(), op, ": ", name, " must have the dtype of ",
-                   reference_name, " (", reference.scalar_type(), "), got ", tensor.scalar_type());
-  check_same_device(op, name, tensor, reference_name, reference);
-}
-
 void check_pair(const char* op, const char* name, IntArrayRef pair, int64_t minimum) {
   LOCALLEARN_CHECK(pair.size() == 2 && pair[0] >= minimum && pair[1] >= minimum, op, ": ", name,
                    " must be two ints >= ", minimum, ", got ", format_sizes(pair));
@@ -79,14 +66,6 @@ void check_weight(const char* op, const Tensor& weight, const LocallyConnectedGe
 }
 
 // ---- CPU passes -------------------------------------------------------------
-
-// A (rows, columns) matrix view of memory this pass owns or only reads, for aten::mm.out.
-template <typename T>
-Tensor matrix(const T* data, int64_t rows, int64_t columns, int64_t row_stride, int64_t column_stride = 1) {
-  return torch::stable::from_blob(const_cast<T*>(data), {rows, columns}, {row_stride, column_stride},
-                                  torch::stable::Device(torch::headeronly::DeviceType::CPU),
-                                  torch::headeronly::CppTypeToScalarType<T>::value);
-}
 
 // out = a @ b for matrix views of opmath buffers.
 void matmul_into(Tensor out, const Tensor& a, const Tensor& b) { mm_out(out, a, b); }

@@ -74,6 +74,14 @@ inline void mm_out(Tensor& out, const Tensor& a, const Tensor& b, std::optional<
   }
 }
 
+// A (rows, columns) matrix view of host memory a CPU pass owns or only reads, for mm_out.
+template <typename T>
+Tensor matrix(const T* data, int64_t rows, int64_t columns, int64_t row_stride, int64_t column_stride = 1) {
+  return torch::stable::from_blob(const_cast<T*>(data), {rows, columns}, {row_stride, column_stride},
+                                  torch::stable::Device(torch::headeronly::DeviceType::CPU),
+                                  torch::headeronly::CppTypeToScalarType<T>::value);
+}
+
 // "[2, 3, 4]", as torch prints sizes.
 inline std::string format_sizes(torch::headeronly::IntHeaderOnlyArrayRef sizes) {
   std::ostringstream text;
@@ -126,6 +134,19 @@ inline void check_same_device(const char* op, const char* name, const Tensor& te
 inline void check_floating(const char* op, const char* name, const Tensor& tensor) {
   LOCALLEARN_CHECK(is_floating(tensor.scalar_type()), op, ": ", name, " must be floating point, got ",
                    tensor.scalar_type());
+}
+
+inline void check_tensor(const char* op, const char* name, const Tensor& tensor, int64_t dims, const char* layout) {
+  LOCALLEARN_CHECK(tensor.dim() == dims, op, ": ", name, " must be ", layout, ", got ", format_sizes(tensor.sizes()));
+  LOCALLEARN_CHECK(is_supported_float(tensor.scalar_type()), op, ": ", name,
+                   " must be float32, float64, float16 or bfloat16, got ", tensor.scalar_type());
+}
+
+inline void check_same_dtype_and_device(const char* op, const char* name, const Tensor& tensor,
+                                        const char* reference_name, const Tensor& reference) {
+  LOCALLEARN_CHECK(tensor.scalar_type() == reference.scalar_type(), op, ": ", name, " must have the dtype of ",
+                   reference_name, " (", reference.scalar_type(), "), got ", tensor.scalar_type());
+  check_same_device(op, name, tensor, reference_name, reference);
 }
 
 }  // namespace locallearn

@@ -102,7 +102,9 @@ class TrainSettings:
     dfa_feedback: str | None = _option(None, "dfa: 'generated' computes the feedback matrices on the fly from "
                                              "a seed, 'stored' keeps them (default generated)",
                                        choices=("generated", "stored"))
-    dfa_chunk: int | None = _option(None, "dfa: feedback columns generated at a time (default 16384)", type=int)
+    dfa_chunk: int | None = _option(None, "dfa: feedback columns multiplied at a time by 'stored' and by "
+                                          "'generated' where the native op does not serve (default 16384)",
+                                    type=int)
     target_step: float | None = _option(None, "dtp, dtp-sigma, sdtp, ddtp: step size of the top target "
                                               "(default: the rule's)", type=float)
     inverse_noise: float | None = _option(None, "dtp, sdtp, ao-sdtp: noise std of inverse training (default 0.1)",

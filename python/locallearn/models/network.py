@@ -55,6 +55,12 @@ def scale_width(width: int, multiplier: float) -> int:
     return max(1, round(width * multiplier))
 
 
+def activation_name(module: nn.Module) -> str | None:
+    """The name in ACTIVATIONS of the activation that builds a module like ``module``
+    (same type and settings), or None."""
+    return next((name for name, make in ACTIVATIONS.items() if repr(make()) == repr(module)), None)
+
+
 def make_activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")

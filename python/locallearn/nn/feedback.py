@@ -23,7 +23,9 @@ from torch.nn import functional as F
 
 from locallearn.nn.locally_connected import LocallyConnected2d
 from locallearn.nn.weight_init import fill_weight_
-from locallearn.ops import locally_connected2d, locally_connected2d_transpose, locally_connected2d_weight_grad
+from locallearn.ops import (direct_feedback, locally_connected2d, locally_connected2d_transpose,
+                            locally_connected2d_weight_grad)
+from locallearn.ops.reference import feedback_columns, project_in_chunks
 
 
 class _LinearFeedbackAlignmentFunction(torch.autograd.Function):
@@ -170,64 +172,22 @@ def convert_to_feedback_alignment(module: nn.Module, seed: int = 0, init: str = 
 # ---------------------------------------------------------------- direct feedback alignment
 
 FEEDBACK_MODES = ("generated", "stored")
-_MASK32 = 0xFFFFFFFF
-_MULTIPLIERS = (0x7FEB352D, 0x5BD1E995)  # odd and below 2³¹: a 32-bit value times one fits in int64
-
-
-def _mix32(x):
-    """A bijective hash of 32-bit values held in Python ints or int64 tensors (in place
-    on tensors): xor-shift, multiply, xor-shift, multiply, xor-shift, each product
-    taken mod 2³² by a mask, so that no int64 ever overflows."""
-    x ^= x >> 16
-    x *= _MULTIPLIERS[0]
-    x &= _MASK32
-    x ^= x >> 15
-    x *= _MULTIPLIERS[1]
-    x &= _MASK32
-    x ^= x >> 16
-    return x
-
-
-def _salts(seed: int, layer: int) -> tuple[int, int]:
-    """The row and column salts of layer ``layer``'s matrix under ``seed`` (any int64)."""
-    key = _mix32((seed & _MASK32) ^ _mix32(((seed >> 32) & _MASK32) ^ 0x9E3779B9))
-    key = _mix32(key ^ _mix32(layer ^ 0x632BE5AB))
-    return _mix32(key ^ 0x85EBCA6B), _mix32(key ^ 0xC2B2AE35)
-
-
-def feedback_columns(seed: int, layer: int, num_rows: int, start: int, stop: int,
-                     device: torch.device | str = "cpu") -> Tensor:
-    """Columns ``start:stop`` of the DFA feedback matrix B_ℓ (``num_rows`` = K rows) as
-    float32, computed from the indices alone (a counter-based generator):
-
-        B_ℓ[i, j] = (2·(u >> 8) + 1 − 2²⁴) · √(3/K) / 2²⁴,  u = mix(mix(i ⊕ s_row) ⊕ mix(j ⊕ s_col))
-
-    with ``mix`` the 32-bit hash above and the salts from (seed, ℓ): the 2²⁴ odd
-    multiples of √(3/K)/2²⁴ in (−√(3/K), √(3/K)), equally likely, so B_ℓ is uniform with
-    mean 0 and variance 1/K (each unit's feedback e·B_ℓ[:, j] has the size of an average
-    output error). Temporaries: two int64 K × (stop − start) grids."""
-    row_salt, column_salt = _salts(seed, layer)
-    rows = _mix32(torch.arange(num_rows, device=device) ^ row_salt)
-    grid = rows[:, None] ^ _mix32(torch.arange(start, stop, device=device) ^ column_salt)
-    grid = _mix32(grid)
-    grid >>= 7
-    grid |= 1
-    grid -= 1 << 24
-    return grid.to(torch.float32).mul_(math.sqrt(3 / num_rows) / 2**24)
 
 
 class DirectFeedback(nn.Module):
     """The fixed random matrices B_ℓ (K × N_ℓ) of direct feedback alignment and the
     projection e ↦ e B_ℓ of the output error to hidden layer ℓ's features.
 
-    ``mode="generated"`` never holds a B_ℓ: the projection computes it ``chunk`` columns
-    at a time from :func:`feedback_columns`, so its extra memory is about
-    max(16·K, 4·(K + batch))·chunk bytes (two int64 grids while generating, then the
-    float32 columns and one chunk of the product) instead of K·N_ℓ·4. ``mode="stored"``
-    materialises every B_ℓ once from the same generator (faster when they fit) and
-    slices the same chunks, so both modes give bit-identical projections. The seed is
-    a buffer, so a checkpoint carries it; the stored matrices are rebuilt from it on
-    load instead of being saved."""
+    ``mode="generated"`` never holds a B_ℓ: the projection is the op
+    :func:`~locallearn.ops.direct_feedback`, which generates each entry of B_ℓ where it
+    multiplies it (natively: tiles of K × 256 columns per CPU thread, shared memory on a
+    GPU; its pure-PyTorch fallback ``chunk`` columns at a time, about
+    max(16·K, 4·(K + batch))·chunk bytes) instead of K·N_ℓ·4. ``mode="stored"``
+    materialises every B_ℓ once from the same generator, bit for bit (faster when they
+    fit), and multiplies it ``chunk`` columns at a time. The two modes' projections agree
+    to float32 rounding (the native op sums in another order). The seed is a buffer, so
+    a checkpoint carries it; the stored matrices are rebuilt from it on load instead of
+    being saved."""
 
     def __init__(self, num_classes: int, feature_sizes: list[int], seed: int = 0, mode: str = "generated",
                  chunk: int = 16384, device: torch.device | str | None = None) -> None:
@@ -259,16 +219,14 @@ class DirectFeedback(nn.Module):
         return matrix
 
     def forward(self, error: Tensor, layer: int) -> Tensor:
-        """e B_ℓ for ``error`` e (batch × K) in e's dtype: (batch × N_ℓ)."""
-        projected = error.new_empty(error.shape[0], self.feature_sizes[layer])
-        for start, stop in self._column_ranges(layer):
-            projected[:, start:stop] = error @ self._columns(layer, start, stop, error.device).to(error.dtype)
-        return projected
-
-    def _columns(self, layer: int, start: int, stop: int, device: torch.device) -> Tensor:
-        if self.mode == "stored":
-            return getattr(self, f"matrix{layer}")[:, start:stop]
-        return feedback_columns(self._seed, layer, self.num_classes, start, stop, device)
+        """e B_ℓ for ``error`` e (batch × K, not requiring grad) in e's dtype: (batch × N_ℓ)."""
+        if error.dim() != 2 or error.shape[1] != self.num_classes:
+            raise ValueError(f"the DFA error must be (batch, K = {self.num_classes}), got {tuple(error.shape)}")
+        size = self.feature_sizes[layer]
+        if self.mode == "generated":
+            return direct_feedback(error, self._seed, layer, size, self.chunk)
+        matrix = getattr(self, f"matrix{layer}")
+        return project_in_chunks(error, size, self.chunk, lambda start, stop: matrix[:, start:stop])
 
     def _column_ranges(self, layer: int) -> list[tuple[int, int]]:
         size = self.feature_sizes[layer]

@@ -5,6 +5,8 @@ Each public function validates its input, then runs the native op from
 """
 
 from locallearn.ops.channel_std import channel_std
+from locallearn.ops.difference_target import DIFFERENCE_TARGET_ACTIVATIONS, difference_target
+from locallearn.ops.direct_feedback import direct_feedback
 from locallearn.ops.locally_connected import (
     locally_connected2d,
     locally_connected2d_transpose,
@@ -19,12 +21,17 @@ NATIVE_OPS = (
     "locally_connected2d",
     "locally_connected2d_transpose",
     "locally_connected2d_weight_grad",
+    "difference_target",
+    "direct_feedback",
 )
 """Names of the ops in the ``locallearn`` dispatcher namespace."""
 
 __all__ = [
+    "DIFFERENCE_TARGET_ACTIVATIONS",
     "NATIVE_OPS",
     "channel_std",
+    "difference_target",
+    "direct_feedback",
     "locally_connected2d",
     "locally_connected2d_transpose",
     "locally_connected2d_weight_grad",

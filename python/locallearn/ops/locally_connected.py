@@ -248,9 +248,7 @@ def _run(op: str, device: torch.device, *arguments) -> Tensor:
     off (the reference picks its own precision; autocast must not recast its products)."""
     if _native.serves(device):
         return getattr(torch.ops.locallearn, op)(*arguments, device.type == "cuda" and _cuda_matmul_allows_tf32())
-    autocast_off = (torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type)
-                    else contextlib.nullcontext())
-    with autocast_off:
+    with reference.autocast_off(device):
         return getattr(reference, op)(*arguments)
 
 

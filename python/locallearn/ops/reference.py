@@ -7,8 +7,13 @@ validate before calling either implementation.
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 SIMILARITY_EPS = 1e-8
 """eps of seed 004's reference code: x̃_i / (‖x̃_i‖ + eps)."""
@@ -17,6 +22,14 @@ SIMILARITY_EPS = 1e-8
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the ops compute in: float32 for half precision, else the dtype itself."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which ``torch.autocast`` leaves ``device``'s operations alone: the
+    references pick their own precision, and autocast must not recast their products."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class _UpcastSaturatingGrad(torch.autograd.Function):
@@ -174,3 +187,92 @@ def locally_connected_output_size(
         (size + 2 * pad - dil * (kernel - 1) - 1) // step + 1
         for size, kernel, step, pad, dil in zip(input_size, kernel_size, stride, padding, dilation)
     )
+
+
+DIFFERENCE_TARGET_ACTIVATIONS = {
+    "relu": F.relu,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
+    "tanh": torch.tanh,
+    "elu": F.elu,
+}
+"""σ of :func:`difference_target` by name: the elementwise activations of
+``locallearn.models.network.ACTIVATIONS``, with their constants there."""
+
+
+def difference_target(h_below: Tensor, t_upper: Tensor, h_upper: Tensor, weight: Tensor, bias: Tensor,
+                      activation: str) -> Tensor:
+    """DTP's target for the layer below, h_below + g(t_upper) − g(h_upper) (seed 003 eq. (2)),
+    through the learned inverse g(h) = σ(V h + c) (V = ``weight``, c = ``bias``), computed in
+    the opmath dtype and returned in h_below's."""
+    dtype = opmath_dtype(h_below.dtype)
+    sigma = DIFFERENCE_TARGET_ACTIVATIONS[activation]
+
+    def inverse(h: Tensor) -> Tensor:
+        return sigma(F.linear(h.to(dtype), weight.to(dtype), bias.to(dtype)))
+
+    return (h_below.to(dtype) + (inverse(t_upper) - inverse(h_upper))).to(h_below.dtype)
+
+
+# ---------------------------------------------------------------- DFA's generated feedback
+
+_MASK32 = 0xFFFFFFFF
+_MULTIPLIERS = (0x7FEB352D, 0x5BD1E995)  # odd and below 2³¹: a 32-bit value times one fits in int64
+
+
+def _mix32(x):
+    """A bijective hash of 32-bit values held in Python ints or int64 tensors (in place
+    on tensors): xor-shift, multiply, xor-shift, multiply, xor-shift, each product
+    taken mod 2³² by a mask, so that no int64 ever overflows."""
+    x ^= x >> 16
+    x *= _MULTIPLIERS[0]
+    x &= _MASK32
+    x ^= x >> 15
+    x *= _MULTIPLIERS[1]
+    x &= _MASK32
+    x ^= x >> 16
+    return x
+
+
+def _salts(seed: int, layer: int) -> tuple[int, int]:
+    """The row and column salts of layer ``layer``'s matrix under ``seed`` (any int64)."""
+    key = _mix32((seed & _MASK32) ^ _mix32(((seed >> 32) & _MASK32) ^ 0x9E3779B9))
+    key = _mix32(key ^ _mix32(layer ^ 0x632BE5AB))
+    return _mix32(key ^ 0x85EBCA6B), _mix32(key ^ 0xC2B2AE35)
+
+
+def feedback_columns(seed: int, layer: int, num_rows: int, start: int, stop: int,
+                     device: torch.device | str = "cpu") -> Tensor:
+    """Columns ``start:stop`` of the DFA feedback matrix B_ℓ (``num_rows`` = K rows) as
+    float32, computed from the indices alone (a counter-based generator):
+
+        B_ℓ[i, j] = (2·(u >> 8) + 1 − 2²⁴) · √(3/K) / 2²⁴,  u = mix(mix(i ⊕ s_row) ⊕ mix(j ⊕ s_col))
+
+    with ``mix`` the 32-bit hash above and the salts from (seed, ℓ): the 2²⁴ odd
+    multiples of √(3/K)/2²⁴ in (−√(3/K), √(3/K)), equally likely, so B_ℓ is uniform with
+    mean 0 and variance 1/K (each unit's feedback e·B_ℓ[:, j] has the size of an average
+    output error). Temporaries: two int64 K × (stop − start) grids."""
+    row_salt, column_salt = _salts(seed, layer)
+    rows = _mix32(torch.arange(num_rows, device=device) ^ row_salt)
+    grid = rows[:, None] ^ _mix32(torch.arange(start, stop, device=device) ^ column_salt)
+    grid = _mix32(grid)
+    grid >>= 7
+    grid |= 1
+    grid -= 1 << 24
+    return grid.to(torch.float32).mul_(math.sqrt(3 / num_rows) / 2**24)
+
+
+def project_in_chunks(error: Tensor, num_features: int, chunk: int, columns: Callable[[int, int], Tensor]) -> Tensor:
+    """error @ B in error's dtype, ``chunk`` columns at a time, B's columns ``start:stop``
+    given by ``columns(start, stop)``."""
+    projected = error.new_empty(error.shape[0], num_features)
+    for start in range(0, num_features, chunk):
+        stop = min(start + chunk, num_features)
+        projected[:, start:stop] = error @ columns(start, stop).to(error.dtype)
+    return projected
+
+
+def direct_feedback(error: Tensor, seed: int, layer: int, num_features: int, chunk: int = 16384) -> Tensor:
+    """e B_ℓ of direct feedback alignment, B_ℓ = :func:`feedback_columns` of (seed, layer)
+    with K = error's columns, generated ``chunk`` columns at a time: (B, K) → (B, N)."""
+    return project_in_chunks(error, num_features, chunk, lambda start, stop: feedback_columns(
+        seed, layer, error.shape[1], start, stop, error.device))

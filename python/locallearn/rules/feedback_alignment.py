@@ -42,10 +42,11 @@ class FeedbackAlignment(Backprop):
 
 class DirectFeedbackAlignment(Rule):
     """Every hidden block learns from the output error projected straight to its
-    features; ``dfa_feedback`` is "generated" (B_ℓ computed ``dfa_chunk`` columns at a
-    time, never held: memory O(K·chunk)) or "stored" (B_ℓ held, O(K·N_ℓ), faster),
-    which give bit-identical steps. The default is "generated": for small features
-    both are cheap, for large ones only it fits."""
+    features; ``dfa_feedback`` is "generated" (B_ℓ generated where the fused op
+    multiplies it, never held; ``dfa_chunk`` columns at a time in its pure-PyTorch
+    fallback) or "stored" (B_ℓ held, O(K·N_ℓ)), whose steps agree to float32 rounding.
+    The default is "generated": for small features both are cheap, for large ones only
+    it fits."""
 
     name = "dfa"
 

@@ -17,20 +17,27 @@ import torch
 from torch import Tensor, nn
 
 from locallearn.models import Network
-from locallearn.models.network import LinearOutput
+from locallearn.models.network import LinearOutput, activation_name
 from locallearn.nn import LocallyConnected2d, LocallyConnectedTranspose2d
+from locallearn.ops import DIFFERENCE_TARGET_ACTIVATIONS, difference_target
 
 
 class LayerInverse(nn.Module):
     """g(h) = σ(V h + c), the approximate inverse of a layer (seed 003 §2.1.2: "parametrized
     similarly to the forward computation"), σ the network's nonlinearity, its output
     shaped like the inverted layer's input. V is Glorot uniform and c zero, as every layer
-    in seed 003 §3; build one with :meth:`of_linear` or :meth:`of_locally_connected`."""
+    in seed 003 §3; build one with :meth:`of_linear` or :meth:`of_locally_connected`.
+
+    ``fused_activation`` is σ's name where :meth:`difference_target` can run as one op (a
+    fully-connected inverse with bias and an elementwise σ of the network's), else None."""
 
     def __init__(self, layer: nn.Module, output_shape: tuple[int, ...], activation: nn.Module) -> None:
         super().__init__()
         self.layer, self.output_shape = layer, tuple(output_shape)
         self.activation = copy.deepcopy(activation)
+        name = activation_name(activation)
+        fusable = isinstance(layer, nn.Linear) and layer.bias is not None and name in DIFFERENCE_TARGET_ACTIVATIONS
+        self.fused_activation = name if fusable else None
 
     @classmethod
     def of_linear(cls, in_features: int, output_shape: tuple[int, ...], activation: nn.Module,
@@ -54,6 +61,16 @@ class LayerInverse(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         return self.activation(self.layer(h).reshape(-1, *self.output_shape))
+
+    def difference_target(self, h_below: Tensor, t_upper: Tensor, h_upper: Tensor) -> Tensor:
+        """h_below + g(t_upper) − g(h_upper), DTP's target for the inverted layer's input
+        (seed 003 eq. (2)), by the fused op :func:`~locallearn.ops.difference_target` in
+        h_below's dtype (the other inputs and the parameters cast to it). Needs
+        ``fused_activation``."""
+        dtype = h_below.dtype
+        target = difference_target(h_below.flatten(1), t_upper.to(dtype), h_upper.to(dtype),
+                                   self.layer.weight.to(dtype), self.layer.bias.to(dtype), self.fused_activation)
+        return target.view(h_below.shape)
 
 
 class RandomFeatures(nn.Module):

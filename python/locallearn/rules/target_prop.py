@@ -211,18 +211,27 @@ class TargetPropagation(Rule):
         alpha = self.hybrid_alpha
         targets = [self._top_target(inputs[-1], logits, x, y)]
         for k in range(len(activities) - 1, 0, -1):
-            h, h_target, h_below = activities[k], targets[0], inputs[k]
-            step = widened(torch.zeros_like(h_below))
+            h, h_target, h_below = activities[k], targets[0], widened(inputs[k].detach())
+            target = h_below
             if alpha < 1:
-                with torch.no_grad(), self.autocast():
-                    inverse = self.inverses[f"block{k}"]
-                    step += (1 - alpha) * widened(inverse(h_target.to(h.dtype)) - inverse(h.detach()))
+                target = self._difference_target(self.inverses[f"block{k}"], h_below, h_target, h.detach())
             if alpha > 0:
-                jacobian_t = torch.autograd.grad(h, h_below, grad_outputs=(h_target - widened(h.detach())).to(h.dtype),
-                                                 retain_graph=True)[0]
-                step += alpha * widened(jacobian_t)
-            targets.insert(0, widened(h_below.detach()) + step)
+                step = (h_target - widened(h.detach())).to(h.dtype)
+                jacobian_t = torch.autograd.grad(h, inputs[k], grad_outputs=step, retain_graph=True)[0]
+                target = (1 - alpha) * target + alpha * (h_below + widened(jacobian_t))
+            targets.insert(0, target)
         return targets
+
+    def _difference_target(self, inverse: nn.Module, h_below: Tensor, h_target: Tensor, h: Tensor) -> Tensor:
+        """h_{ℓ−1} + g_ℓ(ĥ_ℓ) − g_ℓ(h_ℓ) (eq. (2); seed 002's eq. (8) as :class:`DTPSigma` reads
+        it) in h_below's dtype: a fully-connected inverse by the fused op in that dtype (one
+        GEMM for both inputs, :meth:`LayerInverse.difference_target`), any other (a
+        locally-connected one's transpose map) by running g_ℓ twice under the rule's autocast."""
+        with torch.no_grad():
+            if isinstance(inverse, LayerInverse) and inverse.fused_activation is not None:
+                return inverse.difference_target(h_below, h_target, h)
+            with self.autocast():
+                return h_below + widened(inverse(h_target.to(h.dtype)) - inverse(h))
 
     def _inverse_loss(self, key: str, inputs: list[Tensor], noise: Tensor | float) -> Tensor:
         """Reconstruction loss of one inverse from corrupted activity h̃ = h + ε (Algorithm 1)."""
