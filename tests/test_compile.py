@@ -25,11 +25,12 @@ targets (the DTP family) amplify to ~1e-5 in three steps."""
 
 
 @pytest.fixture(autouse=True)
-def compiled_randomness_as_eager(monkeypatch):
+def compiled_randomness_as_eager():
     """Inductor draws random numbers its own way; the comparison needs eager's draws
-    (dropout-free networks, but DTP's inverse noise)."""
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
-    yield
+    (dropout-free networks, but DTP's inverse noise). Set through inductor's own patch:
+    pytest's monkeypatch (9.2) would delete the setting on undo."""
+    with inductor_config.patch(fallback_random=True):
+        yield
     torch._dynamo.reset()
 
 
