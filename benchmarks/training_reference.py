@@ -35,7 +35,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from locallearn import engine
-from locallearn.data.mnist import SYSTEM_DIRECTORIES
+from locallearn.data.files import find_files, search_directories
+from locallearn.data.mnist import FILE_NAMES, SYSTEM_DIRECTORIES, TORCHVISION_FOLDERS
 from locallearn.models import build_model
 from locallearn.rules import build_rule, default_activation, default_batch_norm
 
@@ -52,18 +53,13 @@ RUNNER = Path(__file__).with_name("reference_local_loss.py")
 
 def stage_fashion_mnist(data_dir: str | None, into: Path) -> Path:
     """torchvision's layout (FashionMNIST/raw/ with the files unzipped) under ``into``,
-    from locallearn's Fashion-MNIST files; the working directory train.py must run in
-    (it reads ../data/FashionMNIST)."""
-    source = Path(data_dir) if data_dir else Path(SYSTEM_DIRECTORIES["fashion-mnist"][0])
+    from the Fashion-MNIST files locallearn finds (the same search as ``--data-dir``); the
+    working directory train.py must run in (it reads ../data/FashionMNIST)."""
+    directories = search_directories("fashion-mnist", data_dir, [TORCHVISION_FOLDERS["fashion-mnist"]],
+                                     SYSTEM_DIRECTORIES["fashion-mnist"])
     raw = into / "data" / "FashionMNIST" / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
-        candidates = [source / name, source / f"{name}.gz", source / "FashionMNIST" / "raw" / name]
-        found = next((path for path in candidates if path.exists()), None)
-        if found is None:
-            raise SystemExit(f"Fashion-MNIST's {name} is not in {source} (apt-get install dataset-fashion-mnist, "
-                             f"or --data-dir)")
+    for name, found in zip(FILE_NAMES, find_files("fashion-mnist", FILE_NAMES, directories, suffixes=("", ".gz"))):
         opener = gzip.open if found.suffix == ".gz" else open
         with opener(found, "rb") as read, open(raw / name, "wb") as write:
             shutil.copyfileobj(read, write)
