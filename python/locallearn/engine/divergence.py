@@ -36,8 +36,7 @@ class DivergenceWatch:
     """Watches the values a rule's ``train_step`` returns (see the module docstring)."""
 
     def __init__(self, world: World, check_every: int) -> None:
-        if check_every < 1:
-            raise ValueError(f"check_every must be at least 1 step, got {check_every}")
+        """``check_every`` ≥ 1, as :class:`~locallearn.engine.trainer.Schedule` checks."""
         self.world, self.check_every = world, check_every
         self.keys: tuple[str, ...] | None = None
         self.first_step: Tensor | None = None  # -1 while every value has been finite
