@@ -7,6 +7,8 @@ settings) on a GPU:
         --epochs 3 --rules backprop predsim --data-dir .data --json bench_training.json
 A quick CPU run:
     python benchmarks/bench_training.py --config configs/demo.toml --epochs 1 --rules backprop predsim
+``--modes eager compile`` trains each rule twice, the second time with ``--compile``
+(the issue-17 device check records both).
 
 Beside the authors' PredSim trainer (anokland/local-loss's train.py, in a checkout of your
 own; it needs torchvision), on the issue-17 configuration (training_reference.py):
@@ -31,6 +33,9 @@ from locallearn import config
 from locallearn.engine.compare import format_summaries, train_rules
 
 
+MODES = ("eager", "compile")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="TOML of train settings; its 'rule' key is ignored (not with --reference)")
@@ -41,6 +46,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--data-dir", help="where the dataset's files are (e.g. a carried .data/ folder)")
     parser.add_argument("--rules", nargs="+", default=["backprop", "predsim"])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["eager"],
+                        help="config mode: train each rule eagerly, through --compile, or both")
     parser.add_argument("--out", default="runs/bench-training", help="directory for the runs")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -56,17 +63,18 @@ def main() -> None:
     if args.data_dir is not None:
         settings["data-dir"] = args.data_dir
     out_dir = Path(args.out) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    summaries = train_rules(settings, tuple(args.rules), out_dir, progress=False)
     device = "cuda" if torch.cuda.is_available() and settings.get("device", "cuda") == "cuda" else "cpu"
-    print(format_summaries(summaries, settings, device))
-    if args.json:
-        result = {
-            "benchmark": "training", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "settings": settings, "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
-            **versions(),
-            "runs": [{**dataclasses.asdict(summary), "run_dir": str(summary.run_dir)} for summary in summaries],
-        }
-        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    result = {"benchmark": "training", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "settings": settings, "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
+              **versions(), "runs": []}
+    for mode in args.modes:
+        mode_settings = {**settings, "compile": mode == "compile"}
+        summaries = train_rules(mode_settings, tuple(args.rules), out_dir / mode, progress=False)
+        print(f"{mode}: " + format_summaries(summaries, mode_settings, device))
+        result["runs"] += [{**dataclasses.asdict(summary), "run_dir": str(summary.run_dir), "mode": mode}
+                           for summary in summaries]
+        if args.json:  # after every mode, so that a failing compiled run keeps the eager numbers
+            Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 
 def compare_with_reference(args) -> None:

@@ -3,11 +3,18 @@ trainer's harness (timing, output parsing, data staging) and the GEMM recorder."
 
 import gzip
 import json
+import statistics
+import subprocess
+import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import load_benchmark
+from helpers import BENCHMARKS, load_benchmark
+
+from locallearn.engine.metrics import read_metrics
 
 
 def test_cpu_step_peak_counts_the_bytes_live_at_once():
@@ -83,3 +90,25 @@ def test_gemm_recorder_sees_every_product_of_a_step():
     assert shapes == sorted([(128, 784, 1024), (128, 1024, 1024), (128, 1024, 1024), (128, 1024, 10),  # forward
                              (10, 128, 1024), (1024, 128, 1024), (1024, 128, 1024), (1024, 128, 784),  # ∂W
                              (128, 10, 1024), (128, 1024, 1024), (128, 1024, 1024)])  # ∂x
+
+
+def test_config_mode_trains_each_rule_eager_and_compiled_and_reports_steady_throughput(tmp_path):
+    """--modes eager compile: one run per rule and mode, each with the JSON's mode and the
+    throughput of its step windows after the first (compilation left out)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text('data = "synthetic"\ntrain-subset = 512\nmodel = "mlp"\ndepth = 1\nwidth = 32\n'
+                      'epochs = 1\nbatch-size = 32\nlog-every = 4\n')
+    out = tmp_path / "training.json"
+    completed = subprocess.run([sys.executable, str(BENCHMARKS / "bench_training.py"), "--config", str(config),
+                                "--rules", "backprop", "--modes", "eager", "compile", "--out", str(tmp_path / "runs"),
+                                "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [(run["rule"], run["mode"]) for run in runs] == [("backprop", "eager"), ("backprop", "compile")]
+    for run in runs:
+        windows = [record["images_per_s"] for record in read_metrics(Path(run["run_dir"]))
+                   if record["kind"] == "step"]
+        assert len(windows) == 4 and run["steady_images_per_s"] == statistics.median(windows[1:])
+    settings = tomllib.loads((Path(runs[1]["run_dir"]).parent / "settings.toml").read_text())
+    assert settings["compile"] is True
+    assert "steady" in completed.stdout

@@ -116,7 +116,8 @@ def test_the_gpu_plan_builds_offline_for_the_probed_gpu_and_names_the_targets(tm
     assert "--cases imagenet1 imagenet3 --batches 256" in " ".join(steps["bench-locally-connected"].command)
     for rule in ("backprop", "predsim"):
         command = " ".join(steps[f"train-{rule}"].command)
-        assert f"--config configs/vgg8b-fashion-mnist.toml --epochs 1 --rules {rule} --data-dir .data" in command
+        assert (f"--config configs/vgg8b-fashion-mnist.toml --epochs 1 --rules {rule} --modes eager compile "
+                "--data-dir .data") in command
 
     without_gpu = {step.name: step for step in device_check.plan(args, {"error": "no torch"}, tmp_path)}
     assert "torch sees no CUDA GPU" in without_gpu["build"].unavailable
@@ -158,3 +159,22 @@ def test_the_report_judges_the_targets_from_the_benchmarks_numbers(tmp_path):
     assert "| B=8192, D=16384, bf16: share of the bf16 matmul roofline | 0.759 | >= 0.75 | met |" in summary
     unjudged = device_report.json_summary("bench_similarity.json", device_report.similarity_numbers, judge=False)
     assert "a dry run does not judge them" in "\n".join(unjudged(tmp_path, []))
+
+
+def test_the_training_report_judges_each_modes_steady_throughput_and_memory(tmp_path):
+    def run(rule, mode, steady, peak):
+        return {"rule": rule, "mode": mode, "test_error": 0.1, "images_per_s": steady / 2,
+                "steady_images_per_s": steady, "peak_memory_mb": peak, "train_seconds": 3.0}
+
+    (tmp_path / "bench_training_backprop.json").write_text(json.dumps(
+        {"runs": [run("backprop", "eager", 30_000, 1000.0), run("backprop", "compile", 40_000, 800.0)]}))
+    (tmp_path / "bench_training_predsim.json").write_text(json.dumps(
+        {"runs": [run("predsim", "eager", 12_000, 600.0), run("predsim", "compile", 24_000, 380.0)]}))
+
+    summary = "\n".join(device_report.json_summary("bench_training_predsim.json", device_report.training_numbers,
+                                                   judge=True)(tmp_path, []))
+
+    assert "| predsim steady images/s, eager (issues 3 and 17, on the H200) | 1.2e+04 | >= 20000 | **NOT met** |" in summary
+    assert "| predsim steady images/s, compile (issues 3 and 17, on the H200) | 2.4e+04 | >= 20000 | met |" in summary
+    assert "| predsim peak memory / backprop's, eager | 0.6 | <= 0.5 | **NOT met** |" in summary
+    assert "| predsim peak memory / backprop's, compile | 0.475 | <= 0.5 | met |" in summary

@@ -107,22 +107,22 @@ def benchmark_steps(python: str, out: Path, dry_run: bool) -> dict[str, Step]:
 
 
 def training_steps(python: str, out: Path, work: Path, data_dir: str, dry_run: bool) -> list[Step]:
-    """One epoch of VGG8B per rule, each its own bench_training.py run so that one
-    rule's failure keeps the other's numbers."""
+    """One epoch of VGG8B per rule, eager and through --compile, each rule its own
+    bench_training.py run so that one rule's failure keeps the other's numbers."""
     if dry_run:
         config = work / "dry-run-training.toml"
         config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in DRY_RUN_TRAINING.items()))
-        data_arguments = []
+        data_arguments, modes = [], ["eager"]  # compiling VGG8B takes minutes on a CPU; tests/test_bench_training.py compiles
     else:
-        config, data_arguments = TRAINING_CONFIG, ["--data-dir", data_dir]
+        config, data_arguments, modes = TRAINING_CONFIG, ["--data-dir", data_dir], ["eager", "compile"]
     steps = []
     for rule in TRAINING_RULES:
         json_name = f"bench_training_{rule}.json"
         command = [python, "benchmarks/bench_training.py", "--config", str(config), "--epochs", "1", "--rules", rule,
-                   *data_arguments, "--out", str(work / "runs"), "--json", str(out / json_name)]
+                   "--modes", *modes, *data_arguments, "--out", str(work / "runs"), "--json", str(out / json_name)]
         summarise = device_report.json_summary(json_name, device_report.JSON_NUMBERS["bench_training.py"],
                                                judge=not dry_run)
-        steps.append(Step(f"train-{rule}", command, 150, (json_name,), summarise=summarise))
+        steps.append(Step(f"train-{rule}", command, 300, (json_name,), summarise=summarise))
     return steps
 
 

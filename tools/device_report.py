@@ -154,20 +154,28 @@ def locally_connected_numbers(result: dict, out: Path) -> tuple[Lines, list[Targ
 
 def training_numbers(result: dict, out: Path) -> tuple[Lines, list[Target]]:
     runs = result["runs"]
-    cells = [[run["rule"], fmt(run["test_error"], ".2%"), fmt(run["images_per_s"], ",.0f"),
-              fmt(run["peak_memory_mb"], ",.0f"), fmt(run["train_seconds"], ".1f")] for run in runs]
+    cells = [[run["rule"], run.get("mode", "eager"), fmt(run["test_error"], ".2%"), fmt(run["images_per_s"], ",.0f"),
+              fmt(run.get("steady_images_per_s"), ",.0f"), fmt(run["peak_memory_mb"], ",.0f"),
+              fmt(run["train_seconds"], ".1f")] for run in runs]
     lines = [f"{result.get('device') or 'cpu'}, torch {result.get('torch')}, CUDA {result.get('cuda')}; "
              f"settings {json.dumps(result.get('settings'))}", "",
-             *table(["rule", "test error", "images/s", "peak memory MB", "train s"], cells)]
-    predsim = next((run for run in runs if run["rule"] == "predsim"), None)
-    if predsim is None:
+             *table(["rule", "mode", "test error", "images/s", "steady images/s", "peak memory MB", "train s"], cells)]
+    predsim_runs = [run for run in runs if run["rule"] == "predsim"]
+    if not predsim_runs:
         return lines, []
     backprop = load_json(out / "bench_training_backprop.json")
-    backprop_peak = next((run["peak_memory_mb"] for run in (backprop or {}).get("runs", [])
-                          if run["rule"] == "backprop"), None)
-    lines += ["", "The test-error targets are for 3 epochs and are not judged after 1."]
-    return lines, [("predsim images/s (issue 3, on the H200)", predsim["images_per_s"], ">=", 20_000),
-                   ("predsim peak memory / backprop's", ratio(predsim["peak_memory_mb"], backprop_peak), "<=", 0.5)]
+    backprop_peaks = {run.get("mode", "eager"): run["peak_memory_mb"]
+                      for run in (backprop or {}).get("runs", []) if run["rule"] == "backprop"}
+    lines += ["", "Steady images/s leave out the first logged window (warm-up and compilation); the throughput "
+                  "targets are judged on them. The test-error targets are for 3 epochs and are not judged after 1."]
+    targets = []
+    for run in predsim_runs:
+        mode = run.get("mode", "eager")
+        targets += [(f"predsim steady images/s, {mode} (issues 3 and 17, on the H200)",
+                     run.get("steady_images_per_s"), ">=", 20_000),
+                    (f"predsim peak memory / backprop's, {mode}",
+                     ratio(run["peak_memory_mb"], backprop_peaks.get(mode)), "<=", 0.5)]
+    return lines, targets
 
 
 def dfa_memory_numbers(result: dict, out: Path) -> tuple[Lines, list[Target]]:
