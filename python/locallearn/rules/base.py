@@ -58,8 +58,8 @@ class Rule(ABC):
         """The rule's optimiser (Adam by default, as in seed 004 §4 and seed 000 §III;
         SGD and RMSprop for seed 002's and seed 003's recipes) over ``parameters``,
         at ``lr`` or the rule's rate; torch's fused implementation on the CPU and the GPU
-        where the optimiser has one (Adam and SGD: one kernel over all parameters, about 8×
-        faster than the per-parameter loop on a CPU, see docs/BENCHMARKS.md)."""
+        where the optimiser has one (Adam and SGD: one kernel over all the parameters instead
+        of a loop over them)."""
         optimizer_class = OPTIMIZERS[self.optimizer_name]
         fused = (self.device.type in FUSED_OPTIMIZER_DEVICES
                  and "fused" in inspect.signature(optimizer_class).parameters)
