@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from locallearn import config, data
+from locallearn.engine import pipeline
 from locallearn.engine.checkpoint import load_checkpoint
 from locallearn.engine.distributed import (
     SINGLE_PROCESS,
@@ -183,12 +184,20 @@ class TrainSettings:
                                            "the global batch is world-size × batch-size", type=int)
     sync_batch_norm: bool = _option(False, "data-parallel on GPUs: batch-norm statistics over the global batch "
                                            "(torch.nn.SyncBatchNorm) instead of each process's own")
+    layer_parallel: int | None = _option(None, "train the blocks as a pipeline of K stages, one per torchrun "
+                                               "process, with no backward locking (local-loss rules; "
+                                               "docs/layer_parallel.md)", type=int)
+    stages: tuple[int, ...] | None = _option(None, "--layer-parallel: blocks per stage, in order (default: "
+                                                   "balanced by each block's measured step time)",
+                                             type=int, nargs="+")
+    sync: bool = _option(False, "--layer-parallel: wait for every send and receive (debugging)")
     tensorboard: bool = _option(False, "also write TensorBoard scalars (needs the tensorboard package)")
     run_dir: str | None = _option(None, "run directory (default: runs/DATA-MODEL-RULE-TIME)")
 
     def resolved(self, world: World = SINGLE_PROCESS) -> TrainSettings:
         """A copy with the defaults that depend on other settings, or on the ``world`` of
         processes this one belongs to, filled in."""
+        check_layer_parallel(self, world)
         if self.world_size not in (None, world.size):
             raise ValueError(f"world-size {self.world_size} given, but this run has {world.size} process(es): "
                              f"start {self.world_size} with torchrun --nproc_per_node, or drop --world-size")
@@ -204,6 +213,31 @@ class TrainSettings:
 
     def to_dict(self) -> dict:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+
+def check_layer_parallel(settings: TrainSettings, world: World) -> None:
+    """Refuse a layer-parallel run that cannot work, before anything is built."""
+    if settings.layer_parallel is None:
+        if settings.stages is not None or settings.sync:
+            raise ValueError("--stages and --sync are settings of --layer-parallel: add --layer-parallel K")
+        return
+    stages = settings.layer_parallel
+    if stages < 1:
+        raise ValueError(f"--layer-parallel needs at least 1 stage, got {stages}")
+    if stages != world.size:
+        raise ValueError(f"--layer-parallel {stages} needs {stages} processes, one per stage (torchrun "
+                         f"--nproc_per_node {stages}); this run has {world.size}. Stages × data-parallel "
+                         "replicas is not supported")
+    if settings.stages is not None and len(settings.stages) != stages:
+        raise ValueError(f"--stages gives {len(settings.stages)} stages and --layer-parallel {stages}")
+    pipeline.check_rule(settings.rule)
+    conflicts = {"--checkpoint-every": (settings.checkpoint_every, "a stage checkpoints at epoch ends only, "
+                                                                   "when the pipeline is empty"),
+                 "--compile": (settings.compile, "the stages train eagerly"),
+                 "--sync-batch-norm": (settings.sync_batch_norm, "every stage normalises over the whole batch")}
+    for flag, (value, reason) in conflicts.items():
+        if value:
+            raise ValueError(f"--layer-parallel does not combine with {flag}: {reason}")
 
 
 def settings_fields() -> list[dataclasses.Field]:
@@ -238,10 +272,14 @@ def build_parts(settings: TrainSettings, world: World = SINGLE_PROCESS) -> RunPa
                          "on CPUs every process normalises over its own batch")
     torch.manual_seed(settings.seed)
     torch.use_deterministic_algorithms(settings.deterministic)
+    # every stage of a layer-parallel run sees whole batches; the evaluation is sharded as in data-parallel runs
+    train_shard = (0, 1) if settings.layer_parallel else (world.rank, world.size)
     if settings.data in data.STREAMED_DATASETS:
-        dataset, train_loader, test_loader, validation_loader = _streamed_loaders(settings, device, world)
+        dataset, train_loader, test_loader, validation_loader = _streamed_loaders(settings, device, world,
+                                                                                  train_shard)
     else:
-        dataset, train_loader, test_loader, validation_loader = _in_memory_loaders(settings, device, world)
+        dataset, train_loader, test_loader, validation_loader = _in_memory_loaders(settings, device, world,
+                                                                                   train_shard)
     model = build_model(settings.model, dataset.input_shape, dataset.num_classes, depth=settings.depth,
                         width=settings.width, width_multiplier=settings.width_multiplier,
                         activation=settings.activation, dropout=settings.dropout,
@@ -261,7 +299,8 @@ def build_parts(settings: TrainSettings, world: World = SINGLE_PROCESS) -> RunPa
     return RunParts(dataset, train_loader, test_loader, rule, validation_loader)
 
 
-def _in_memory_loaders(settings: TrainSettings, device: torch.device, world: World) -> tuple:
+def _in_memory_loaders(settings: TrainSettings, device: torch.device, world: World,
+                       train_shard: tuple[int, int]) -> tuple:
     """The dataset held on ``device`` and its train, test and validation (or None) loaders."""
     dataset = data.load_dataset(settings.data, settings.data_dir, seed=settings.seed,
                                 train_subset=settings.train_subset, validation=settings.validation)
@@ -272,14 +311,16 @@ def _in_memory_loaders(settings: TrainSettings, device: torch.device, world: Wor
     # Full batches only: batch norm and the similarity loss need more than one example,
     # and the examples left over are in next epoch's reshuffle.
     train_loader = data.DeviceLoader(dataset.x_train, dataset.y_train, augmentation=augmentation, shuffle=True,
-                                     drop_last=True, classes_per_batch=settings.classes_per_batch, **common)
+                                     drop_last=True, classes_per_batch=settings.classes_per_batch,
+                                     **{**common, "shard": train_shard})
     test_loader = data.DeviceLoader(dataset.x_test, dataset.y_test, shuffle=False, **common)
     validation_loader = (None if dataset.x_validation is None else
                          data.DeviceLoader(dataset.x_validation, dataset.y_validation, shuffle=False, **common))
     return dataset, train_loader, test_loader, validation_loader
 
 
-def _streamed_loaders(settings: TrainSettings, device: torch.device, world: World) -> tuple:
+def _streamed_loaders(settings: TrainSettings, device: torch.device, world: World,
+                      train_shard: tuple[int, int]) -> tuple:
     """The image tree's files and their streaming train, test and validation (or None) loaders."""
     if settings.cutout or settings.classes_per_batch is not None:
         raise ValueError(f"--cutout and --classes-per-batch apply to in-memory datasets, not {settings.data!r}")
@@ -291,7 +332,7 @@ def _streamed_loaders(settings: TrainSettings, device: torch.device, world: Worl
     common = dict(image_size=settings.image_size, batch_size=settings.batch_size, device=device, mean=mean,
                   std=std, shard=(world.rank, world.size), workers=workers, bad_images=settings.bad_images)
     train_loader = data.StreamingLoader(dataset.train, augment=settings.augment, shuffle=True, drop_last=True,
-                                        **common)
+                                        **{**common, "shard": train_shard})
     test_loader = data.StreamingLoader(dataset.test, augment=False, shuffle=False, **common)
     validation_loader = (None if dataset.validation is None else
                          data.StreamingLoader(dataset.validation, augment=False, shuffle=False, **common))
@@ -318,7 +359,25 @@ def build_trainer(settings: TrainSettings, *, progress: bool = True, world: Worl
     elif settings.compile_mode is not None:
         raise ValueError("--compile-mode is a setting of --compile: add --compile")
     return Trainer(parts.rule, parts.train_loader, parts.test_loader, schedule, settings.run_dir, progress=progress,
-                   tensorboard=settings.tensorboard, validation_loader=parts.validation_loader, world=world)
+                   tensorboard=settings.tensorboard, validation_loader=parts.validation_loader, world=world,
+                   pipeline=_layer_pipeline(settings, parts, world, progress))
+
+
+def _layer_pipeline(settings: TrainSettings, parts: RunParts, world: World,
+                    progress: bool) -> pipeline.LayerPipeline | None:
+    """This process's stage of a layer-parallel run (None for other runs); the split is
+    rank 0's, measured on the first training batch unless --stages gives it."""
+    if not settings.layer_parallel:
+        return None
+    if parts.rule.model.task.error_name != "error":
+        raise ValueError(f"--layer-parallel trains classifiers; {parts.rule.model.name} reconstructs its input")
+    batch = (None if settings.stages or not world.is_main
+             else next(iter(parts.train_loader.epoch(torch.Generator().manual_seed(settings.seed)))))
+    stages = pipeline.plan_stages(parts.rule, world, settings.stages, batch)
+    layer_pipeline = pipeline.LayerPipeline(parts.rule, world, stages, sync=settings.sync)
+    if progress and world.is_main:
+        print(f"layer-parallel: {layer_pipeline.describe()}", flush=True)
+    return layer_pipeline
 
 
 def start_run(settings: TrainSettings, *, progress: bool = True, world: World = SINGLE_PROCESS) -> Trainer:

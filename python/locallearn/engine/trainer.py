@@ -28,6 +28,7 @@ from locallearn.engine.distributed import (
     sum_over_ranks,
 )
 from locallearn.engine.metrics import DiscardedLog, MetricsLog
+from locallearn.engine.pipeline import LayerPipeline
 from locallearn.engine.schedule import (
     PAPER_DECAY,
     PAPER_MILESTONES,
@@ -129,15 +130,17 @@ class Trainer:
     end or within it, continues exactly as it would have.
 
     ``world``: this process's rank in a data-parallel run, whose loaders serve this
-    rank's shard; gradients are averaged over ranks at every optimiser step.
+    rank's shard; gradients are averaged over ranks at every optimiser step. With a
+    ``pipeline`` (:mod:`locallearn.engine.pipeline`) the ranks are the stages of a
+    layer-parallel run instead: each trains its blocks on every batch and nothing is averaged.
     """
 
     def __init__(self, rule: Rule, train_loader, test_loader, schedule: Schedule, run_dir: str | Path, *,
                  progress: bool = True, tensorboard: bool = False, validation_loader=None,
-                 world: World = SINGLE_PROCESS) -> None:
+                 world: World = SINGLE_PROCESS, pipeline: LayerPipeline | None = None) -> None:
         self.rule, self.train_loader, self.test_loader = rule, train_loader, test_loader
         self.validation_loader = validation_loader
-        self.schedule, self.run_dir, self.world = schedule, Path(run_dir), world
+        self.schedule, self.run_dir, self.world, self.pipeline = schedule, Path(run_dir), world, pipeline
         self.progress = progress and world.is_main
         if world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +186,7 @@ class Trainer:
         """Train the remaining epochs; returns the last epoch's record."""
         record: dict = {}
         try:
-            with GradientAveraging(self.world) as self.averaging:
+            with GradientAveraging(SINGLE_PROCESS if self.pipeline else self.world) as self.averaging:
                 while self.epoch < self.schedule.epochs:
                     record = self._run_epoch()
                     self.epoch += 1
@@ -207,11 +210,10 @@ class Trainer:
         started = window_started = time.perf_counter()
         bar = tqdm(total=len(self.train_loader), initial=progress.batches, desc=f"epoch {epoch + 1}/{self.schedule.epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
-        for x, y in self.train_loader.epoch(generator, start=progress.batches):
-            values = self.rule.train_step(x, y)
+        for values, count in self._steps(generator, progress.batches):
             self.step += 1
             self._stop_if(self.divergence.observe(values, self.step))
-            progress.add(values, len(y))
+            progress.add(values, count)
             bar.update()
             if self.step % self.schedule.log_every == 0:
                 window, images = self._reduced(progress.window, progress.window_images)
@@ -235,12 +237,15 @@ class Trainer:
         seconds = progress.seconds + time.perf_counter() - started
         bar.close()
         means, images = self._reduced(sums, progress.images)
-        broadcast_module_state(self.rule.trainable_modules())  # rank 0's batch-norm statistics, as checkpointed
+        if self.pipeline:
+            self.pipeline.gather()  # every stage's modules on every rank, as checkpointed
+        else:
+            broadcast_module_state(self.rule.trainable_modules())  # rank 0's batch-norm statistics, as checkpointed
         test_loss, test_error = self.evaluate()
         record = {"kind": "epoch", "epoch": epoch + 1, "step": self.step, "lr": lr, **means,
                   "test_loss": test_loss, "test_error": test_error, "images_per_s": images / seconds,
                   "train_seconds": seconds, "peak_memory_mb": _peak_memory_mb(device)}
-        if self.world.is_distributed:  # this rank's; after a mid-epoch resumption, of the part since
+        if self.world.is_distributed and not self.pipeline:  # this rank's; after a mid-epoch resumption, of the part since
             averages = self.averaging.started_early - early + self.averaging.started_late - late
             record["allreduce_wait_seconds"] = self.averaging.waited_seconds - waited
             record["allreduce_started_early"] = (self.averaging.started_early - early) / max(averages, 1)
@@ -261,6 +266,16 @@ class Trainer:
             tqdm.write(f"epoch {epoch + 1}/{self.schedule.epochs}: train {error} {record['train_error']:.4f}, "
                        f"{validation}test {error} {test_error:.4f}, {record['images_per_s']:.0f} images/s")
         return record
+
+    def _steps(self, generator: torch.Generator, start: int):
+        """Each training step's values and number of examples, from ``start`` batches into the epoch."""
+        if self.pipeline:
+            if start:
+                raise ValueError("a layer-parallel run resumes at epoch ends only")
+            yield from self.pipeline.epoch(self.train_loader, generator)
+            return
+        for x, y in self.train_loader.epoch(generator, start=start):
+            yield self.rule.train_step(x, y), len(y)
 
     def _reduced(self, sums: dict[str, Tensor], images: int) -> tuple[dict[str, float], int]:
         """Per-example means of ``sums`` over every rank's ``images``, and the total images."""

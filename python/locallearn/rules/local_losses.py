@@ -107,37 +107,95 @@ class LocalLosses(Rule):
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         self.model.train()
         self.heads.train()
-        targets = self._targets(y)
         metrics: dict[str, Tensor] = {}
-        h_in = x
-        # Each block steps after the next block's backward: nothing downstream reads its
-        # parameters, so the update is the same, and in a data-parallel run its gradients'
-        # all-reduce overlaps that block's work (locallearn.engine.distributed). What a
-        # block's update needed (its graph, its output, its gradients) is freed once it is
-        # done, so the step holds one block's activations at a time (seed 004 §1).
+        h, pending = self.train_blocks(x, y, range(len(self.model.blocks)), metrics)
+        return self.train_output(h, y, pending, metrics, x)
+
+    def metric_names(self) -> list[str]:
+        """The keys of :meth:`train_step`'s values, in order."""
+        return ["loss", *(f"loss/block{index}" for index in range(len(self.model.blocks))), "loss/output",
+                "train_error"]
+
+    def train_blocks(self, h_in: Tensor, y: Tensor, blocks: range,
+                     metrics: dict[str, Tensor]) -> tuple[Tensor, torch.optim.Optimizer]:
+        """Train the hidden blocks ``blocks`` (consecutive indices) on their input ``h_in``;
+        returns the last one's emitted output and its optimiser, whose step is left to the
+        caller (:meth:`step_and_free`); each block's loss goes into ``metrics``.
+
+        Each block steps after the next block's backward: nothing downstream reads its
+        parameters, so the update is the same, and in a data-parallel run its gradients'
+        all-reduce overlaps that block's work (locallearn.engine.distributed). What a block's
+        update needed (its graph, its output, its gradients) is freed once it is done, so the
+        step holds one block's activations at a time (seed 004 §1). A block's output is
+        emitted before the block steps, so the next block sees this batch's input as computed
+        by the weights before this batch's update (what layer-parallel stages rely on)."""
+        targets = self._targets(y)
         previous = None
-        for index, (block, heads, optimizer) in enumerate(zip(self.model.blocks, self.heads, self.block_optimizers)):
-            with self.autocast():
-                h = block.features(h_in)
-                loss = self._local_loss(heads, h, y, targets)
+        for index in blocks:
+            block, optimizer = self.model.blocks[index], self.block_optimizers[index]
+            loss, h = self.block_loss(index, h_in, y, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            _step_and_free(previous)
+            self.step_and_free(previous)
             previous = optimizer
             metrics[f"loss/block{index}"] = loss.detach()
             with torch.no_grad():
                 h_in = block.emit(h.detach())
             del h, loss
+        return h_in, previous
+
+    def block_loss(self, index: int, h_in: Tensor, y: Tensor,
+                   targets: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Block ``index``'s local loss on its input ``h_in``, and its features."""
+        with self.autocast():
+            h = self.model.blocks[index].features(h_in)
+            return self._local_loss(self.heads[index], h, y, self._targets(y) if targets is None else targets), h
+
+    def output_loss(self, h_in: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The output layer's cross-entropy on the last block's output ``h_in``, and its logits."""
         with self.autocast():
             logits = self.model.output(h_in)
-            output_loss = F.cross_entropy(logits.float(), y)
+            return F.cross_entropy(logits.float(), y), logits
+
+    def train_output(self, h_in: Tensor, y: Tensor, pending: torch.optim.Optimizer | None,
+                     metrics: dict[str, Tensor], x: Tensor | None = None) -> dict[str, Tensor]:
+        """Train the output layer on the last block's output ``h_in``, then step ``pending``
+        (the last block's optimiser); the step's values with ``metrics``. ``x`` is the batch's
+        input, which only a task whose error reads it needs (an autoencoder)."""
+        output_loss, logits = self.output_loss(h_in, y)
         self.output_optimizer.zero_grad(set_to_none=True)
         (self.output_scale * output_loss).backward()
-        _step_and_free(previous)
+        self.step_and_free(pending)
         self.output_optimizer.step()
         output_loss = output_loss.detach()
         metrics["loss/output"] = output_loss
         return {"loss": output_loss, **metrics, "train_error": self.model.task.error(logits, x, y)}
+
+    @staticmethod
+    def step_and_free(optimizer: torch.optim.Optimizer | None) -> None:
+        """Update a block, then drop its gradients (the next step recomputes them)."""
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    def stage_state(self, blocks: range, last: bool) -> dict:
+        """What a layer-parallel stage trains, on the CPU: its blocks', heads' and their
+        optimisers' state, and with ``last`` the output layer's."""
+        state = {"blocks": {index: (self.model.blocks[index].state_dict(), self.heads[index].state_dict(),
+                                    self.block_optimizers[index].state_dict()) for index in blocks}}
+        if last:
+            state["output"] = (self.model.output.state_dict(), self.output_optimizer.state_dict())
+        return _on_cpu(state)
+
+    def load_stage_state(self, state: dict) -> None:
+        """Restore a :meth:`stage_state` of another process."""
+        for index, (block, heads, optimizer) in state["blocks"].items():
+            self.model.blocks[index].load_state_dict(block)
+            self.heads[index].load_state_dict(heads)
+            self.block_optimizers[index].load_state_dict(optimizer)
+        if "output" in state:
+            self.model.output.load_state_dict(state["output"][0])
+            self.output_optimizer.load_state_dict(state["output"][1])
 
     def _targets(self, labels: Tensor) -> dict[str, Tensor]:
         """For the -bio losses: the binarised projection (pred) and its similarity matrix (sim)."""
@@ -162,11 +220,15 @@ class LocalLosses(Rule):
         return loss
 
 
-def _step_and_free(optimizer: torch.optim.Optimizer | None) -> None:
-    """Update a block, then drop its gradients (the next step recomputes them)."""
-    if optimizer is not None:
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+def _on_cpu(value):
+    """``value`` (nested dicts, lists and tuples) with every tensor copied to the CPU."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 RULES = {name: partial(LocalLosses, name=name) for name in LOCAL_LOSS_NAMES}
