@@ -18,7 +18,7 @@ import torch
 
 from locallearn import config, engine
 from locallearn.engine import pipeline
-from locallearn.engine.run import TrainSettings, build_parts, build_trainer
+from locallearn.engine.run import TrainSettings, build_parts, build_trainer, load_trained
 from locallearn.engine.distributed import World
 
 TIMING_FIELDS = ("images_per_s", "train_seconds", "peak_memory_mb")
@@ -186,6 +186,15 @@ def test_two_stages_give_the_single_process_weights_and_metrics_exactly(runs, sc
     assert settings["layer-parallel"] == 2 and settings["world-size"] == 2
     assert sorted(path.name for path in (runs / schedule).iterdir()) == sorted(
         path.name for path in (runs / "single").iterdir())
+
+
+def test_a_layer_parallel_run_loads_as_a_single_process_one(runs):
+    """What `locallearn analyze` reads: one process rebuilds the whole trained network."""
+    settings, parts, epochs = load_trained(runs / "async")
+    assert settings.layer_parallel == 2 and epochs == RECIPE["epochs"]
+    saved = engine.load_checkpoint(runs / "async" / engine.CHECKPOINT_NAME)["rule"]["modules"]
+    for key, value in parts.rule.trainable_modules().state_dict().items():
+        assert torch.equal(value, saved[key]), key
 
 
 def test_the_asynchronous_pipeline_learns_digits(runs):
