@@ -116,10 +116,15 @@ def leave(finished: bool = True) -> None:
 
 def broadcast_from_main(value):
     """Rank 0's ``value`` (any picklable object) on every rank."""
+    return broadcast_from(0, value)
+
+
+def broadcast_from(rank: int, value):
+    """Rank ``rank``'s ``value`` (any picklable object) on every rank."""
     if not dist.is_initialized():
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=rank)
     return box[0]
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch import distributed as dist
 
-from locallearn.engine.distributed import World, broadcast_from_main
+from locallearn.engine.distributed import World, broadcast_from, broadcast_from_main
 from locallearn.rules.local_losses import LocalLosses
 
 REFUSED_RULES = {
@@ -254,10 +254,9 @@ class LayerPipeline:
         for stage in range(len(self.stages)):
             own = stage == self.stage
             state = self.rule.stage_state(self.stages[stage], last=stage == len(self.stages) - 1) if own else None
-            box = [state]
-            dist.broadcast_object_list(box, src=stage)
+            state = broadcast_from(stage, state)
             if not own:
-                self.rule.load_stage_state(box[0])
+                self.rule.load_stage_state(state)
 
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
