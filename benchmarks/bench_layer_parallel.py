@@ -11,7 +11,7 @@ the one process on all the cores is reported too.
         --train-subset 60000 --epochs 3 --stages 2 --cores 2 --json bench_layer_parallel.json
 
 Besides the runs it reports the split: each block's measured local step (rank 0's timing,
-``locallearn.engine.pipeline.measure_block_seconds``, here in this process on 1 thread), each
+``locallearn.engine.pipeline.measure_unit_seconds``, here in this process on 1 thread), each
 stage's share, and the speed-up the slowest stage allows (total / slowest), with the bytes
 each batch sends forward.
 """
@@ -39,7 +39,7 @@ def split_report(settings: dict, stages: int) -> dict:
     parts = build_parts(TrainSettings(**values).resolved())
     torch.set_num_threads(1)
     x, y = next(iter(parts.train_loader.epoch(torch.Generator().manual_seed(0))))
-    seconds = pipeline.measure_block_seconds(parts.rule, x, y)
+    seconds = pipeline.measure_unit_seconds(parts.rule, x, y)
     ranges = pipeline.split_evenly(seconds, stages)
     stage_seconds = [sum(seconds[index] for index in blocks) for blocks in ranges]
     sent = []
@@ -48,7 +48,7 @@ def split_report(settings: dict, stages: int) -> dict:
         for index, block in enumerate(parts.rule.model.blocks):
             h = block.emit(block.features(h))
             if any(index == blocks.stop - 1 for blocks in ranges[:-1]):
-                sent.append(h.numel() * h.element_size() + (len(y) + len(parts.rule.metric_names())) * 8)
+                sent.append(h.numel() * h.element_size() + (len(y) + 2 * len(parts.rule.stage_metric_names())) * 8)
     return {"block_ms": [1e3 * value for value in seconds],
             "stages": [[blocks.start, blocks.stop - 1] for blocks in ranges],
             "stage_ms": [1e3 * value for value in stage_seconds],

@@ -6,6 +6,7 @@ because a stage's input for batch t is computed by the weights before batch t in
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -20,11 +21,18 @@ from locallearn import config, engine
 from locallearn.engine import pipeline
 from locallearn.engine.run import TrainSettings, build_parts, build_trainer, load_trained
 from locallearn.engine.distributed import World
+from locallearn.engine.schedule import scale_learning_rates
+from locallearn.engine.trainer import _epoch_generator
 
 TIMING_FIELDS = ("images_per_s", "train_seconds", "peak_memory_mb")
 RECIPE = {"rule": "predsim", "data": "digits", "model": "mlp", "depth": 3, "width": 64, "epochs": 3,
           "batch-size": 32, "lr": 2e-3, "dropout": 0.0, "augment": False, "device": "cpu", "log-every": 10, "seed": 3}
 """predsim with batch norm and Adam; no dropout (each process draws its own masks)."""
+
+
+def recipe_settings(**changes) -> TrainSettings:
+    """RECIPE's settings with ``changes`` (TrainSettings' field names), unresolved."""
+    return TrainSettings(**{**{key.replace("-", "_"): value for key, value in RECIPE.items()}, **changes})
 
 
 # ------------------------------------------------------------------ the split
@@ -62,25 +70,30 @@ def test_bad_splits_are_refused():
 
 
 def test_measuring_the_blocks_leaves_the_rule_as_it_was():
-    settings = TrainSettings(**{key.replace("-", "_"): value for key, value in RECIPE.items()}).resolved()
+    settings = recipe_settings().resolved()
     parts = build_parts(settings)
     rule = parts.rule
     x, y = next(iter(parts.train_loader.epoch(torch.Generator().manual_seed(0))))
     before = {key: value.clone() for key, value in rule.trainable_modules().state_dict().items()}
     rng = torch.get_rng_state()
-    seconds = pipeline.measure_block_seconds(rule, x, y)
+    optimizers = [copy.deepcopy(optimizer.state_dict()) for optimizer in rule.optimizers()]
+    seconds = pipeline.measure_unit_seconds(rule, x, y)
     assert len(seconds) == 3 and all(value > 0 for value in seconds)
     after = rule.trainable_modules().state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)  # batch-norm statistics too
     assert all(p.grad is None for p in rule.trainable_modules().parameters())
+    assert [optimizer.state_dict() for optimizer in rule.optimizers()] == optimizers  # no Adam state yet
     assert torch.equal(torch.get_rng_state(), rng)
 
 
-def test_the_metric_names_are_the_keys_of_a_step():
-    settings = TrainSettings(**{key.replace("-", "_"): value for key, value in RECIPE.items()}).resolved()
+@pytest.mark.parametrize("rule", ["predsim", "dfa", "al"])
+def test_the_metric_names_are_the_keys_of_a_last_stage(rule):
+    settings = recipe_settings(rule=rule).resolved()
     parts = build_parts(settings)
     x, y = next(iter(parts.train_loader.epoch(torch.Generator().manual_seed(0))))
-    assert list(parts.rule.train_step(x, y)) == parts.rule.metric_names()
+    units = range(len(parts.rule.stage_units()))
+    assert list(parts.rule.train_last_stage((x,), y, units, {})) == parts.rule.stage_metric_names()
+    assert set(parts.rule.stage_metric_names()) <= set(parts.rule.train_step(x, y))
 
 
 # ------------------------------------------------------------------ refusals
@@ -89,8 +102,7 @@ def test_the_metric_names_are_the_keys_of_a_step():
 @pytest.mark.parametrize("change, message", [
     ({"rule": "backprop"}, "'backprop' cannot: its gradient crosses every stage boundary backward"),
     ({"rule": "dtp"}, "'dtp' cannot: each layer's target is computed from the layer above it"),
-    ({"rule": "dfa"}, "'dfa' cannot: every stage needs the output error"),
-    ({"rule": "al"}, "'al' cannot: its components' targets are not yet sent between stages"),
+    ({"rule": "lra-e"}, "'lra-e' cannot: its targets are computed top-down"),
     ({"checkpoint_every": 5}, "does not combine with --checkpoint-every"),
     ({"compile": True}, "does not combine with --compile"),
     ({"stages": (1, 1, 1)}, "--stages gives 3 stages and --layer-parallel 2"),
@@ -111,16 +123,14 @@ def test_layer_parallel_needs_one_process_per_stage_and_its_switches_need_it():
 
 
 def test_stages_that_do_not_cover_the_blocks_are_refused(tmp_path):
-    settings = TrainSettings(**{key.replace("-", "_"): value for key, value in RECIPE.items()},
-                             layer_parallel=1, stages=(4,), run_dir=str(tmp_path / "run")).resolved()
+    settings = recipe_settings(layer_parallel=1, stages=(4,), run_dir=str(tmp_path / "run")).resolved()
     with pytest.raises(ValueError, match=r"--stages 4: .* 3 blocks in all \(the network has 3\)"):
         build_trainer(settings, progress=False)
 
 
 def test_one_stage_is_a_single_process_run(tmp_path):
     def settings(name, **extra):
-        values = {key.replace("-", "_"): value for key, value in RECIPE.items()}
-        return TrainSettings(**{**values, "epochs": 1, **extra}, run_dir=str(tmp_path / name)).resolved()
+        return recipe_settings(epochs=1, **extra, run_dir=str(tmp_path / name)).resolved()
 
     build_trainer(settings("plain"), progress=False).fit()
     build_trainer(settings("one-stage", layer_parallel=1), progress=False).fit()
@@ -143,32 +153,44 @@ def train_command(recipe: Path, run_dir: Path, *extra: str) -> list[str]:
     return ["-m", "locallearn", "train", "--config", str(recipe), "--run-dir", str(run_dir), "--no-progress", *extra]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """One process (one thread, as each torchrun process), then two stages with --sync and without."""
-    out = tmp_path_factory.mktemp("layer-parallel")
-    recipe = out / "recipe.toml"
-    recipe.write_text(config.dump_toml(RECIPE), encoding="utf-8")
-    single = [sys.executable, *train_command(recipe, out / "single")]
+def train_runs(out: Path, recipe: dict, *async_split: str) -> Path:
+    """``recipe`` trained by one process (one thread, as each torchrun process), then by two
+    stages with --sync (split 2 + 1) and without (split measured, or ``async_split``), in ``out``."""
+    out.mkdir()
+    path = out / "recipe.toml"
+    path.write_text(config.dump_toml(recipe), encoding="utf-8")
+    single = [sys.executable, *train_command(path, out / "single")]
     completed = subprocess.run(single, capture_output=True, text=True, timeout=600,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert completed.returncode == 0, completed.stderr[-3000:]
-    torchrun(*train_command(recipe, out / "sync", "--layer-parallel", "2", "--stages", "2", "1", "--sync"))
-    torchrun(*train_command(recipe, out / "async", "--layer-parallel", "2"))
+    torchrun(*train_command(path, out / "sync", "--layer-parallel", "2", "--stages", "2", "1", "--sync"))
+    torchrun(*train_command(path, out / "async", "--layer-parallel", "2", *async_split))
     return out
 
 
-def assert_same_run(expected: Path, actual: Path) -> None:
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """predsim's runs (:func:`train_runs`)."""
+    return train_runs(tmp_path_factory.mktemp("layer-parallel") / "predsim", RECIPE)
+
+
+@pytest.fixture(scope="module")
+def al_runs(tmp_path_factory) -> Path:
+    """AL's runs: 10 epochs at 3e-3, past the target autoencoders' initial plateau (tests/test_associated.py)."""
+    return train_runs(tmp_path_factory.mktemp("layer-parallel") / "al", {**RECIPE, "rule": "al", "epochs": 10, "lr": 3e-3})
+
+
+@pytest.fixture(scope="module")
+def dfa_runs(tmp_path_factory) -> Path:
+    return train_runs(tmp_path_factory.mktemp("layer-parallel") / "dfa", {**RECIPE, "rule": "dfa"},
+                      "--stages", "2", "1")
+
+
+def assert_same_run(expected: Path, actual: Path, unmeasured: tuple[str, ...] = ()) -> None:
+    """The same weights, optimiser state and metrics (but ``unmeasured``, which ``actual`` lacks)."""
     mine, theirs = (engine.load_checkpoint(path / engine.CHECKPOINT_NAME)["rule"] for path in (expected, actual))
-    assert mine["modules"].keys() == theirs["modules"].keys()
-    for key, value in mine["modules"].items():
-        assert torch.equal(value, theirs["modules"][key]), key
-    for index, (one, two) in enumerate(zip(mine["optimizers"], theirs["optimizers"], strict=True)):
-        for parameter, state in one["state"].items():
-            for name, value in state.items():
-                assert torch.equal(torch.as_tensor(value), torch.as_tensor(two["state"][parameter][name])), \
-                    (index, parameter, name)
-    records = [[{key: value for key, value in record.items() if key not in TIMING_FIELDS}
+    assert_same_state(mine, theirs)
+    records = [[{key: value for key, value in record.items() if key not in (*TIMING_FIELDS, *unmeasured)}
                 for record in engine.read_metrics(path)] for path in (expected, actual)]
     assert len(records[0]) == len(records[1])
     for mine, theirs in zip(*records):
@@ -177,6 +199,19 @@ def assert_same_run(expected: Path, actual: Path) -> None:
             # training metrics are the same sums; the test set is sharded over the stages, so its
             # loss and error are float32 sums over other groups of examples (float32 rounding)
             assert theirs[key] == (pytest.approx(value, rel=1e-6) if key.startswith("test_") else value), key
+
+
+def assert_same_state(mine: dict, theirs: dict) -> None:
+    """Two rule states (``Rule.state_dict()``) hold equal modules and optimiser state."""
+    assert mine["modules"].keys() == theirs["modules"].keys()
+    for key, value in mine["modules"].items():
+        assert torch.equal(value, theirs["modules"][key]), key
+    for index, (one, two) in enumerate(zip(mine["optimizers"], theirs["optimizers"], strict=True)):
+        assert one["state"].keys() == two["state"].keys()
+        for parameter, state in one["state"].items():
+            for name, value in state.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(two["state"][parameter][name])), \
+                    (index, parameter, name)
 
 
 @pytest.mark.parametrize("schedule", ["sync", "async"])
@@ -188,6 +223,77 @@ def test_two_stages_give_the_single_process_weights_and_metrics_exactly(runs, sc
         path.name for path in (runs / "single").iterdir())
 
 
+@pytest.mark.parametrize("schedule", ["sync", "async"])
+def test_associated_learning_in_two_stages_is_the_single_process_run(al_runs, schedule):
+    """(sᵢ, tᵢ) travel forward and nothing backward, so AL's updates are one process's; its
+    training error (eq. (7) through every stage's decoder) is not measured."""
+    assert_same_run(al_runs / "single", al_runs / schedule, unmeasured=("train_error",))
+    assert all("train_error" not in record for record in engine.read_metrics(al_runs / schedule))
+
+
+def test_dfa_waiting_for_each_error_is_the_single_process_run(dfa_runs):
+    assert_same_run(dfa_runs / "single", dfa_runs / "sync")
+
+
+def test_asynchronous_dfa_learns_from_errors_one_batch_late_at_the_weights_that_computed_them(dfa_runs, tmp_path):
+    """Against a one-process simulation written here: stage 1 (blocks 0–1) learns from batch
+    t's output error after its forward of batch t + 1, its gradient taken at a copy of its
+    blocks as they computed batch t; stage 2 (block 2 and the output layer) as one process."""
+    expected = simulate_delayed_dfa(recipe_settings(rule="dfa", run_dir=str(tmp_path / "simulated")).resolved(),
+                                    stage_one=range(0, 2))
+    saved = engine.load_checkpoint(dfa_runs / "async" / engine.CHECKPOINT_NAME)["rule"]["modules"]
+    single = engine.load_checkpoint(dfa_runs / "single" / engine.CHECKPOINT_NAME)["rule"]["modules"]
+    assert saved.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(saved[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    weight = "model.blocks.0.layer.weight"
+    assert (saved[weight] - single[weight]).abs().max() > 100 * (saved[weight] - expected[weight]).abs().max()
+
+
+def simulate_delayed_dfa(settings: TrainSettings, stage_one: range) -> dict[str, torch.Tensor]:
+    """The modules' state after ``settings``' epochs of two-stage DFA with the error one batch
+    late on ``stage_one`` (see the test above), on one thread."""
+    trainer = build_trainer(settings, progress=False)
+    rule, schedule = trainer.rule, trainer.schedule
+    stage_two = range(stage_one.stop, len(rule.model.blocks))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for epoch in range(schedule.epochs):
+            scale_learning_rates(rule.optimizers(), schedule.lr_at(epoch) / schedule.lr)
+            rule.trainable_modules().train()
+            waiting = []
+            for x, y in trainer.train_loader.epoch(_epoch_generator(schedule.seed, epoch)):
+                blocks = copy.deepcopy([rule.model.blocks[index] for index in stage_one])  # as they compute batch t
+                with torch.no_grad():
+                    _, h = rule.forward_blocks(x, stage_one)
+                errors = []
+                rule.train_last_stage((h,), y, stage_two, {}, errors.append)
+                waiting.append((blocks, x, errors[0]))
+                if len(waiting) > 1:
+                    learn_at_copies(rule, stage_one, *waiting.pop(0))
+            for late in waiting:
+                learn_at_copies(rule, stage_one, *late)
+    finally:
+        torch.set_num_threads(threads)
+    return rule.trainable_modules().state_dict()
+
+
+def learn_at_copies(rule, stage_one: range, blocks: list, x: torch.Tensor, error: torch.Tensor) -> None:
+    """DFA's gradient of ``stage_one`` on ``x`` taken at the copies ``blocks``, stepped on the live blocks."""
+    features, h_in = [], x
+    for block in blocks:
+        features.append(block.features(h_in))
+        with torch.no_grad():
+            h_in = block.emit(features[-1].detach())
+    torch.autograd.backward(features, [rule.feedback(error, index).view_as(h) for index, h in zip(stage_one, features)])
+    rule.optimizer.zero_grad(set_to_none=True)
+    for block, copied in zip((rule.model.blocks[index] for index in stage_one), blocks):
+        for parameter, copied_parameter in zip(block.parameters(), copied.parameters()):
+            parameter.grad = copied_parameter.grad
+    rule.optimizer.step()
+
+
 def test_a_layer_parallel_run_loads_as_a_single_process_one(runs):
     """What `locallearn analyze` reads: one process rebuilds the whole trained network."""
     settings, parts, epochs = load_trained(runs / "async")
@@ -197,9 +303,15 @@ def test_a_layer_parallel_run_loads_as_a_single_process_one(runs):
         assert torch.equal(value, saved[key]), key
 
 
-def test_the_asynchronous_pipeline_learns_digits(runs):
-    last = [record for record in engine.read_metrics(runs / "async") if record["kind"] == "epoch"][-1]
-    assert last["test_error"] < 0.1
+@pytest.mark.parametrize("rule_runs", ["runs", "al_runs", "dfa_runs"])
+def test_the_asynchronous_pipeline_learns_digits(rule_runs, request):
+    """Below 10 % test error and within 2 points of one process (measured: predsim 4.3 %, AL
+    6.3 %, both as one process; DFA 7.4 % against 6.9 %)."""
+    folder = request.getfixturevalue(rule_runs)
+    single, pipelined = ([record for record in engine.read_metrics(folder / name) if record["kind"] == "epoch"][-1]
+                         for name in ("single", "async"))
+    assert pipelined["test_error"] < 0.1
+    assert pipelined["test_error"] <= single["test_error"] + 0.02
 
 
 def killer_site(folder: Path, condition: str, calls: int) -> str:

@@ -46,6 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from locallearn import engine
     from locallearn.engine import distributed
+    from locallearn.engine.trainer import train_error_text
 
     finished = False
     try:
@@ -77,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     if record and world.is_main:
         error = trainer.rule.model.task.error_name
         print(f"epoch {record['epoch']}: test {error} {record['test_error']:.4f}, "
-              f"train {error} {record['train_error']:.4f}, {record['images_per_s']:.0f} images/s")
+              f"train {error} {train_error_text(record, 4)}, {record['images_per_s']:.0f} images/s")
         if "best_epoch" in record:
             print(f"lowest validation {error} {record['best_validation_error']:.4f} at epoch {record['best_epoch']} "
                   f"(checkpoints/best.pt): test {error} there {record['test_error_at_best']:.4f}")

@@ -220,7 +220,7 @@ class Trainer:
                 step_record = {"kind": "step", "epoch": epoch + 1, "step": self.step, "lr": lr, **window,
                                "images_per_s": images / (time.perf_counter() - window_started)}
                 self.log.write(step_record)
-                bar.set_postfix(loss=f"{step_record['loss']:.3f}", err=f"{step_record['train_error']:.3f}",
+                bar.set_postfix(loss=f"{step_record['loss']:.3f}", err=train_error_text(step_record, 3),
                                 img_s=f"{step_record['images_per_s']:.0f}")
                 progress.window, progress.window_images, window_started = {}, 0, time.perf_counter()
             every = self.schedule.checkpoint_every
@@ -263,7 +263,7 @@ class Trainer:
             error = self.rule.model.task.error_name
             validation = (f"validation {error} {record['validation_error']:.4f}, "
                           if "validation_error" in record else "")
-            tqdm.write(f"epoch {epoch + 1}/{self.schedule.epochs}: train {error} {record['train_error']:.4f}, "
+            tqdm.write(f"epoch {epoch + 1}/{self.schedule.epochs}: train {error} {train_error_text(record, 4)}, "
                        f"{validation}test {error} {test_error:.4f}, {record['images_per_s']:.0f} images/s")
         return record
 
@@ -329,6 +329,12 @@ class Trainer:
         if also_best:
             save_atomic(state, self.best_checkpoint_path)
         save_rotating(state, self.checkpoint_path, self.step, self.schedule.keep_checkpoints)
+
+
+def train_error_text(record: dict, digits: int) -> str:
+    """A record's training error for a progress line; a layer-parallel AL run measures none
+    (rules/associated.py, ``stage_metric_names``)."""
+    return f"{record['train_error']:.{digits}f}" if "train_error" in record else "not measured"
 
 
 def _epoch_generator(seed: int, epoch: int, purpose: str = "train") -> torch.Generator:

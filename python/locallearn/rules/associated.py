@@ -219,20 +219,26 @@ class AssociatedLearning(Rule):
     def local_losses(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """(forward losses (eq. (6)), inverse losses (eq. (5)), s_K) of one batch, one per
         component, each with a graph reaching that component's parameters only."""
-        s = x
         target = F.one_hot(y, self.model.num_classes).to(next(self.model.parameters()).dtype)
-        forward_losses, inverse_losses = [], []
-        with self.autocast():
-            for component, encoder, decoder, bridge in zip(self.components, self.encoders, self.decoders,
-                                                           self.bridges):
-                s = component(s.detach())  # eq. (1)
-                previous = target.detach()
-                target = encoder(previous)  # eq. (2)
-                difference = at_least_float32(bridge(s)) - at_least_float32(target.detach())
-                forward_losses.append(difference.square().sum(dim=1).mean())  # eq. (6)
-                reconstruction = at_least_float32(decoder(target))  # eq. (4)
-                inverse_losses.append(F.mse_loss(reconstruction, at_least_float32(previous)))  # eq. (5)
+        forward_losses, inverse_losses, s, _ = self.component_losses(x, target, range(len(self.groups)))
         return forward_losses, inverse_losses, s
+
+    def component_losses(self, s: Tensor, target: Tensor,
+                         components: range) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
+        """The forward and inverse losses of ``components`` (consecutive), from the previous
+        component's sᵢ₋₁ and tᵢ₋₁ (x and the one-hot label for the first), and the last
+        one's sᵢ and tᵢ."""
+        forward_losses, inverse_losses, functions = [], [], self.components
+        with self.autocast():
+            for index in components:
+                s = functions[index](s.detach())  # eq. (1)
+                previous = target.detach()
+                target = self.encoders[index](previous)  # eq. (2)
+                difference = at_least_float32(self.bridges[index](s)) - at_least_float32(target.detach())
+                forward_losses.append(difference.square().sum(dim=1).mean())  # eq. (6)
+                reconstruction = at_least_float32(self.decoders[index](target))  # eq. (4)
+                inverse_losses.append(F.mse_loss(reconstruction, at_least_float32(previous)))  # eq. (5)
+        return forward_losses, inverse_losses, s, target
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         self.model.train()
@@ -246,6 +252,47 @@ class AssociatedLearning(Rule):
         metrics = {f"loss/forward{i}": value.detach() for i, value in enumerate(forward_losses)}
         metrics.update({f"loss/inverse{i}": value.detach() for i, value in enumerate(inverse_losses)})
         return {"loss": loss.detach(), **metrics, "train_error": self.model.task.error(logits, x, y)}
+
+    # ------------------------------------------------------------------ layer-parallel stages
+    # (locallearn.engine.pipeline): a unit is a component with its gᵢ, hᵢ and bᵢ
+
+    stage_unit = "component"
+
+    def stage_units(self) -> list[list[nn.Module]]:
+        return [[*(self.model.blocks[index] for index in group), encoder, decoder, bridge]
+                for group, encoder, decoder, bridge in zip(self.groups, self.encoders, self.decoders, self.bridges)]
+
+    def stage_output_modules(self) -> list[nn.Module]:
+        return []  # the Network's output layer is unused
+
+    def stage_metric_names(self) -> list[str]:
+        """The last stage's values: those of :meth:`train_step` but the training error, whose
+        eq. (7) reads every component's decoder, held by every stage."""
+        return ["loss", *(f"loss/forward{i}" for i in range(len(self.groups))),
+                *(f"loss/inverse{i}" for i in range(len(self.groups)))]
+
+    def train_stage(self, inputs: tuple[Tensor, ...], y: Tensor, components: range,
+                    metrics: dict[str, Tensor]) -> tuple[tuple[Tensor, Tensor], None]:
+        """Train ``components`` on (sᵢ₋₁, tᵢ₋₁), or on (x,) and the labels for the first;
+        returns their (sᵢ, tᵢ). Only their parameters get gradients, so the one optimiser
+        steps only them."""
+        if components.start == 0:
+            inputs = inputs[0], F.one_hot(y, self.model.num_classes).to(next(self.model.parameters()).dtype)
+        forward_losses, inverse_losses, s, target = self.component_losses(*inputs, components)
+        self.optimizer.zero_grad(set_to_none=True)
+        (torch.stack(forward_losses).sum() + torch.stack(inverse_losses).sum()).backward()
+        self.optimizer.step()
+        for index, forward, inverse in zip(components, forward_losses, inverse_losses):
+            metrics[f"loss/forward{index}"], metrics[f"loss/inverse{index}"] = forward.detach(), inverse.detach()
+        return (s.detach(), target.detach()), None
+
+    def train_last_stage(self, inputs: tuple[Tensor, ...], y: Tensor, components: range,
+                         metrics: dict[str, Tensor], send_error=None) -> dict[str, Tensor]:
+        self.train_stage(inputs, y, components, metrics)
+        count = len(self.groups)
+        loss = (torch.stack([metrics[f"loss/forward{i}"] for i in range(count)]).sum() +
+                torch.stack([metrics[f"loss/inverse{i}"] for i in range(count)]).sum())
+        return {"loss": loss, **{name: metrics[name] for name in self.stage_metric_names()[1:]}}
 
     def decode(self, s: Tensor) -> Tensor:
         """Eq. (7) from s_K: h₁ ∘ … ∘ h_K ∘ b_K, returning h₁'s pre-sigmoid values (logits), in

@@ -67,27 +67,80 @@ class DirectFeedbackAlignment(Rule):
 
     def train_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         self.model.train()
+        blocks = range(len(self.model.blocks))
+        features, h = self.forward_blocks(x, blocks)
+        with self.autocast():
+            logits = at_least_float32(self.model.output(h))
+        loss = F.cross_entropy(logits, y)
+        # one backward from every root: under torch.compile the blocks and the output layer may share one graph
+        self.learn(blocks, features, self.output_error(logits, y), loss)
+        loss = loss.detach()
+        return {"loss": loss, "loss/output": loss, "train_error": self.model.task.error(logits, x, y)}
+
+    def forward_blocks(self, h_in: Tensor, blocks: range) -> tuple[list[Tensor], Tensor]:
+        """The features of ``blocks`` (consecutive), each block's input detached, and what the
+        last one emits."""
         features = []
-        h_in = x
-        for block in self.model.blocks:
+        for index in blocks:
+            block = self.model.blocks[index]
             with self.autocast():
                 h = block.features(h_in)
             features.append(h)
             with torch.no_grad(), self.autocast():
                 h_in = block.emit(h.detach())
-        with self.autocast():
-            logits = at_least_float32(self.model.output(h_in))
-        loss = F.cross_entropy(logits, y)
+        return features, h_in
+
+    @staticmethod
+    def output_error(logits: Tensor, y: Tensor) -> Tensor:
+        """e = ∂L/∂logits of the mean cross-entropy, in closed form."""
+        return (logits.detach().softmax(1) - F.one_hot(y, logits.shape[1])) / len(y)
+
+    def learn(self, blocks: range, features: list[Tensor], error: Tensor, loss: Tensor | None = None) -> None:
+        """Step ``blocks`` from the output error projected onto their ``features`` (e B_ℓ), and
+        the output layer from ``loss`` when given; only those parameters get gradients, so the
+        one optimiser steps only them."""
         self.optimizer.zero_grad(set_to_none=True)
-        # e = ∂L/∂logits of the mean cross-entropy, in closed form; one backward from every
-        # root: under torch.compile the blocks and the output layer may share one graph.
-        error = (logits.detach().softmax(1) - F.one_hot(y, logits.shape[1])) / len(y)
-        torch.autograd.backward([loss, *features],
-                                [None, *(self.feedback(error, layer).view_as(h).to(h.dtype)
-                                         for layer, h in enumerate(features))])
+        roots = [*([loss] if loss is not None else []), *features]
+        gradients = [*([None] if loss is not None else []),
+                     *(self.feedback(error, index).view_as(h).to(h.dtype) for index, h in zip(blocks, features))]
+        torch.autograd.backward(roots, gradients)
         self.optimizer.step()
+
+    # ------------------------------------------------------------------ layer-parallel stages
+    # (locallearn.engine.pipeline): a unit is a hidden block; the output error travels back
+
+    stage_unit = "block"
+
+    def stage_units(self) -> list[list[nn.Module]]:
+        return [[block] for block in self.model.blocks]
+
+    def stage_output_modules(self) -> list[nn.Module]:
+        return [self.model.output]
+
+    def stage_metric_names(self) -> list[str]:
+        return ["loss", "loss/output", "train_error"]
+
+    def train_stage(self, inputs: tuple[Tensor], y: Tensor, blocks: range,
+                    metrics: dict[str, Tensor]) -> tuple[tuple[Tensor], tuple[range, list[Tensor]]]:
+        """The forward of ``blocks``; what :meth:`learn_from_error` needs once the output error arrives."""
+        features, h = self.forward_blocks(inputs[0], blocks)
+        return (h,), (blocks, features)
+
+    def learn_from_error(self, pending: tuple[range, list[Tensor]], error: Tensor) -> None:
+        self.learn(*pending, error)
+
+    def train_last_stage(self, inputs: tuple[Tensor], y: Tensor, blocks: range, metrics: dict[str, Tensor],
+                         send_error=None) -> dict[str, Tensor]:
+        features, h = self.forward_blocks(inputs[0], blocks)
+        with self.autocast():
+            logits = at_least_float32(self.model.output(h))
+        loss = F.cross_entropy(logits, y)
+        error = self.output_error(logits, y)
+        if send_error is not None:
+            send_error(error)
+        self.learn(blocks, features, error, loss)
         loss = loss.detach()
-        return {"loss": loss, "loss/output": loss, "train_error": self.model.task.error(logits, x, y)}
+        return {"loss": loss, "loss/output": loss, "train_error": self.model.task.error(logits, None, y)}
 
 
 RULES = {"fa": FeedbackAlignment, "dfa": DirectFeedbackAlignment}

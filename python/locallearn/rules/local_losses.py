@@ -111,10 +111,32 @@ class LocalLosses(Rule):
         h, pending = self.train_blocks(x, y, range(len(self.model.blocks)), metrics)
         return self.train_output(h, y, pending, metrics, x)
 
-    def metric_names(self) -> list[str]:
-        """The keys of :meth:`train_step`'s values, in order."""
+    # ------------------------------------------------------------------ layer-parallel stages
+    # (locallearn.engine.pipeline): a unit is a hidden block with its heads
+
+    stage_unit = "block"
+
+    def stage_units(self) -> list[list[nn.Module]]:
+        return [[block, heads] for block, heads in zip(self.model.blocks, self.heads)]
+
+    def stage_output_modules(self) -> list[nn.Module]:
+        return [self.model.output]
+
+    def stage_metric_names(self) -> list[str]:
+        """The keys of :meth:`train_step`'s values (and a last stage's), in order."""
         return ["loss", *(f"loss/block{index}" for index in range(len(self.model.blocks))), "loss/output",
                 "train_error"]
+
+    def train_stage(self, inputs: tuple[Tensor], y: Tensor, units: range,
+                    metrics: dict[str, Tensor]) -> tuple[tuple[Tensor], None]:
+        h, pending = self.train_blocks(inputs[0], y, units, metrics)
+        self.step_and_free(pending)
+        return (h,), None
+
+    def train_last_stage(self, inputs: tuple[Tensor], y: Tensor, units: range, metrics: dict[str, Tensor],
+                         send_error=None) -> dict[str, Tensor]:
+        h, pending = self.train_blocks(inputs[0], y, units, metrics)
+        return self.train_output(h, y, pending, metrics)
 
     def train_blocks(self, h_in: Tensor, y: Tensor, blocks: range,
                      metrics: dict[str, Tensor]) -> tuple[Tensor, torch.optim.Optimizer]:
@@ -178,25 +200,6 @@ class LocalLosses(Rule):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    def stage_state(self, blocks: range, last: bool) -> dict:
-        """What a layer-parallel stage trains, on the CPU: its blocks', heads' and their
-        optimisers' state, and with ``last`` the output layer's."""
-        state = {"blocks": {index: (self.model.blocks[index].state_dict(), self.heads[index].state_dict(),
-                                    self.block_optimizers[index].state_dict()) for index in blocks}}
-        if last:
-            state["output"] = (self.model.output.state_dict(), self.output_optimizer.state_dict())
-        return _on_cpu(state)
-
-    def load_stage_state(self, state: dict) -> None:
-        """Restore a :meth:`stage_state` of another process."""
-        for index, (block, heads, optimizer) in state["blocks"].items():
-            self.model.blocks[index].load_state_dict(block)
-            self.heads[index].load_state_dict(heads)
-            self.block_optimizers[index].load_state_dict(optimizer)
-        if "output" in state:
-            self.model.output.load_state_dict(state["output"][0])
-            self.output_optimizer.load_state_dict(state["output"][1])
-
     def _targets(self, labels: Tensor) -> dict[str, Tensor]:
         """For the -bio losses: the binarised projection (pred) and its similarity matrix (sim)."""
         if self.target_projection is None:
@@ -218,17 +221,6 @@ class LocalLosses(Rule):
                                                  check_values=False))
             loss = loss + self.beta * sim
         return loss
-
-
-def _on_cpu(value):
-    """``value`` (nested dicts, lists and tuples) with every tensor copied to the CPU."""
-    if isinstance(value, Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {key: _on_cpu(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_on_cpu(item) for item in value)
-    return value
 
 
 RULES = {name: partial(LocalLosses, name=name) for name in LOCAL_LOSS_NAMES}
