@@ -96,6 +96,17 @@ def test_the_metric_names_are_the_keys_of_a_last_stage(rule):
     assert set(parts.rule.stage_metric_names()) <= set(parts.rule.train_step(x, y))
 
 
+@pytest.mark.parametrize("rule, sync, delays", [
+    ("predsim", False, [0, 0, 0]), ("al", False, [0, 0, 0]), ("dfa", False, [2, 1, 0]), ("dfa", True, [0, 0, 0])])
+def test_only_dfa_stages_learn_late_and_keep_their_weights(rule, sync, delays):
+    """The error delay of each of 3 stages: K − 1 − s for DFA (whose earlier stages stash
+    their weights for it), none with --sync, and none for rules that send nothing back."""
+    parts = build_parts(recipe_settings(rule=rule).resolved())
+    stages = [range(0, 1), range(1, 2), range(2, 3)]
+    assert [pipeline.LayerPipeline(parts.rule, World(rank=rank, size=3), stages, sync=sync).error_delay
+            for rank in range(3)] == delays
+
+
 # ------------------------------------------------------------------ refusals
 
 

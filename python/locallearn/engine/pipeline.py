@@ -47,7 +47,8 @@ A rule trains layer-parallel when it has these methods (:data:`PIPELINED_RULES`)
   losses to ``metrics``; ``pending`` is None, or what ``learn_from_error(pending, error)`` needs;
 - ``train_last_stage(inputs, y, units, metrics, send_error)``: the last stage's step, returning
   the step's values; a rule that learns from the output error passes it to ``send_error``
-  (when given) before it learns from it itself.
+  (when given) before it learns from it itself;
+- ``learn_from_error(pending, error)``, only in a rule that learns from the output error (DFA).
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ class LayerPipeline:
         self.stage = world.rank
         self.units = self.stages[self.stage]
         self.is_first, self.is_last = self.stage == 0, self.stage == world.size - 1
-        self.error_delay = 0 if sync else world.size - 1 - self.stage
+        learns_late = hasattr(rule, "learn_from_error") and not sync
+        self.error_delay = world.size - 1 - self.stage if learns_late else 0
         """Batches between sending batch t on and learning from its output error (DFA)."""
         self.metric_names = rule.stage_metric_names()
         self._sends: deque[list[tuple[dist.Work, int, Tensor]]] = deque()  # per batch: (send, destination, tensor)
