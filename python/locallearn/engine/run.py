@@ -185,10 +185,10 @@ class TrainSettings:
     sync_batch_norm: bool = _option(False, "data-parallel on GPUs: batch-norm statistics over the global batch "
                                            "(torch.nn.SyncBatchNorm) instead of each process's own")
     layer_parallel: int | None = _option(None, "train the blocks as a pipeline of K stages, one per torchrun "
-                                               "process, with no backward locking (local-loss rules; "
+                                               "process, with no backward locking (local losses, al, dfa; "
                                                "docs/layer_parallel.md)", type=int)
-    stages: tuple[int, ...] | None = _option(None, "--layer-parallel: blocks per stage, in order (default: "
-                                                   "balanced by each block's measured step time)",
+    stages: tuple[int, ...] | None = _option(None, "--layer-parallel: blocks (AL: components) per stage, in "
+                                                   "order (default: balanced by their measured step times)",
                                              type=int, nargs="+")
     sync: bool = _option(False, "--layer-parallel: wait for every send and receive (debugging)")
     tensorboard: bool = _option(False, "also write TensorBoard scalars (needs the tensorboard package)")
