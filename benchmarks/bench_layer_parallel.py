@@ -34,7 +34,8 @@ from locallearn.engine.run import TrainSettings, build_parts
 
 
 def split_report(settings: dict, stages: int) -> dict:
-    """The split rank 0 would make, from block step times measured here on one thread."""
+    """The split rank 0 would make, from unit step times measured here on one thread, and
+    the bytes each stage boundary sends forward per batch."""
     values = {key.replace("-", "_"): value for key, value in settings.items()}
     parts = build_parts(TrainSettings(**values).resolved())
     torch.set_num_threads(1)
@@ -42,13 +43,12 @@ def split_report(settings: dict, stages: int) -> dict:
     seconds = pipeline.measure_unit_seconds(parts.rule, x, y)
     ranges = pipeline.split_evenly(seconds, stages)
     stage_seconds = [sum(seconds[index] for index in blocks) for blocks in ranges]
-    sent = []
-    with torch.no_grad():
-        h = x
-        for index, block in enumerate(parts.rule.model.blocks):
-            h = block.emit(block.features(h))
-            if any(index == blocks.stop - 1 for blocks in ranges[:-1]):
-                sent.append(h.numel() * h.element_size() + (len(y) + 2 * len(parts.rule.stage_metric_names())) * 8)
+    sent, inputs, rule = [], (x,), parts.rule
+    for index in range(len(rule.stage_units()) - 1):  # one more step of each unit, to see what it sends
+        inputs, _ = rule.train_stage(inputs, y, range(index, index + 1), {})
+        if any(index == units.stop - 1 for units in ranges[:-1]):
+            sent.append(sum(tensor.numel() * tensor.element_size() for tensor in inputs)
+                        + (len(y) + 2 * len(rule.stage_metric_names())) * 8)
     return {"block_ms": [1e3 * value for value in seconds],
             "stages": [[blocks.start, blocks.stop - 1] for blocks in ranges],
             "stage_ms": [1e3 * value for value in stage_seconds],

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import load_benchmark
 from locallearn import config, engine
 from locallearn.engine import pipeline
 from locallearn.engine.run import TrainSettings, build_parts, build_trainer, load_trained
@@ -380,3 +381,12 @@ def test_a_killed_stage_stops_the_other_with_a_message_naming_it(tmp_path):
     assert processes[1].returncode == -signal.SIGKILL
     assert processes[0].returncode != 0
     assert "layer-parallel stage 1 (rank 0) lost stage 2 (rank 1)" in survivor_errors, survivor_errors[-3000:]
+
+
+def test_the_benchmark_reports_the_split_and_what_crosses_it():
+    """bench_layer_parallel's split report: AL's boundary sends s and t (batch 32 × 64 each,
+    float32) and the float64 labels, metrics and their presence flags."""
+    report = load_benchmark("bench_layer_parallel").split_report({**RECIPE, "rule": "al"}, 2)
+    names = 1 + 2 * 3  # loss, 3 forward and 3 inverse losses
+    assert len(report["block_ms"]) == 3 and report["speedup_bound"] >= 1
+    assert report["bytes_sent_per_batch"] == [2 * 32 * 64 * 4 + (32 + 2 * names) * 8]
