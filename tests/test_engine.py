@@ -119,6 +119,30 @@ def test_diverging_run_stops_naming_rule_layer_and_step_and_keeps_last_checkpoin
     assert all(torch.isfinite(tensor).all() for tensor in state["rule"]["modules"].values() if tensor.is_floating_point())
 
 
+def test_a_diverged_pass_after_an_epoch_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+    """DDTP trains its feedback mappings in a pass after each epoch (rules/ddtp.py); a NaN
+    feedback weight in epoch 2 makes that pass's losses NaN, and no checkpoint holds it."""
+    settings = engine.TrainSettings(rule="ddtp", data="digits", width=32, depth=2, epochs=3, device="cpu",
+                                    batch_norm=False, dropout=0.0, feedback_schedule="epoch",
+                                    run_dir=str(tmp_path / "run"))
+    trainer = engine.start_run(settings, progress=False)
+    end_epoch = trainer.rule.end_epoch
+
+    def poisoned_in_epoch_two(batches):
+        if trainer.epoch == 1:
+            with torch.no_grad():
+                next(trainer.rule.feedback.parameters()).fill_(float("nan"))
+        return end_epoch(batches)
+
+    trainer.rule.end_epoch = poisoned_in_epoch_two
+    with pytest.raises(engine.DivergenceError, match=r"'ddtp' diverged .*\(epoch 2\): loss/feedback.* \(the pass "
+                                                     r"after the epoch\) is nan; the last good checkpoint"):
+        trainer.fit()
+    state = engine.load_checkpoint(trainer.checkpoint_path)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(tensor).all() for tensor in state["rule"]["modules"].values() if tensor.is_floating_point())
+
+
 def test_nan_loss_from_the_command_line_exits_with_a_message(tmp_path):
     result = run_cli("train", *TINY, "--rule", "backprop", "--lr", "1e30", "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 1

@@ -24,7 +24,8 @@ from locallearn.engine.distributed import World, sum_over_ranks
 @dataclass(frozen=True)
 class Divergence:
     """The first step at which a value stopped being finite, the ranks it happened on
-    and, when this rank is one of them, the first non-finite value's name and value."""
+    (empty where the value was summed over every rank) and, when this rank is one of them,
+    the first non-finite value's name and value."""
 
     step: int
     ranks: list[int]

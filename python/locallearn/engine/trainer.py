@@ -8,6 +8,7 @@ batch; metrics are reduced over ranks and rank 0 alone writes."""
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -237,6 +238,9 @@ class Trainer:
         seconds = progress.seconds + time.perf_counter() - started
         bar.close()
         means, images = self._reduced(sums, progress.images)
+        if self.rule.needs_epoch_pass:  # its values, summed over the ranks, are the same on every rank
+            self._stop_if(next((Divergence(self.step, [], f"{key} (the pass after the epoch)", means[key]) for key in extra
+                                if not math.isfinite(means[key])), None))
         if self.pipeline:
             self.pipeline.gather()  # every stage's modules on every rank, as checkpointed
         else:
@@ -307,7 +311,8 @@ class Trainer:
             return
         kept = (f"the last good checkpoint is {self.checkpoint_path} (step {self.checkpointed_step})"
                 if self.checkpointed_step is not None else "no checkpoint had been written yet")
-        where = f" on rank {', '.join(map(str, divergence.ranks))}" if self.world.is_distributed else ""
+        where = (f" on rank {', '.join(map(str, divergence.ranks))}" if self.world.is_distributed and divergence.ranks
+                 else "")
         what = (f"{divergence.name} is {divergence.value}" if divergence.name is not None
                 else "its loss is no longer finite there")
         raise DivergenceError(f"rule {self.rule.name!r} diverged at step {divergence.step} (epoch {self.epoch + 1})"
