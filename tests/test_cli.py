@@ -1,5 +1,6 @@
 """The `locallearn` command line."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,20 @@ def test_every_rule_option_is_a_train_setting():
     from locallearn.engine.run import RULE_OPTIONS, settings_fields
 
     assert set(RULE_OPTIONS) <= {item.name for item in settings_fields()}
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--data", "fashion-mnist", "--data-dir", "{tmp}/nothing"], r"the data directory .*/nothing given for "
+                                                                 r"fashion-mnist is not a directory"),
+    (["--data", "fashion-mnist", "--data-dir", "{tmp}"], r"fashion-mnist"),  # a folder without its files
+    (["--data", "digits", "--device", "gpu"], r"--device 'gpu': locallearn trains on 'cpu', 'cuda' or 'cuda:N'"),
+    (["--data", "digits", "--device", "cuda:7"], r"device 'cuda(:7)?' requested but"),
+    (["--resume", "{tmp}"], r"is not a run directory: it has no config.toml"),
+])
+def test_train_refuses_bad_input_with_a_message_and_no_run(tmp_path, capsys, arguments, message):
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    run_dir = tmp_path / "run"
+    extra = [] if "--resume" in arguments else ["--epochs", "1", "--no-progress", "--run-dir", str(run_dir)]
+    assert cli.main(["train", *arguments, *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not run_dir.exists()

@@ -16,15 +16,15 @@ def search_directories(
     folders: Sequence[str] = (),
     system_directories: Sequence[str] = (),
 ) -> list[Path]:
-    """Where to look for ``name``, most specific to the user first: ``data_dir`` and
+    """Where to look for ``name``: with a ``data_dir``, only under it (``data_dir`` and
     ``data_dir/name``, each alone and joined with every folder of the dataset's usual
-    layouts, then the system-wide install locations."""
-    directories = []
-    if data_dir is not None:
-        root = Path(data_dir).expanduser()
-        for base in (root, root / name):
-            directories += [base] + [base / folder for folder in folders]
-    return directories + [Path(directory) for directory in system_directories]
+    layouts), which must exist; without one, the system-wide install locations."""
+    if data_dir is None:
+        return [Path(directory) for directory in system_directories]
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"the data directory {root} given for {name} is not a directory")
+    return [directory for base in (root, root / name) for directory in (base, *(base / folder for folder in folders))]
 
 
 def find_files(

@@ -202,6 +202,7 @@ class TrainSettings:
             raise ValueError(f"world-size {self.world_size} given, but this run has {world.size} process(es): "
                              f"start {self.world_size} with torchrun --nproc_per_node, or drop --world-size")
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_device(device)
         activation = self.activation or default_activation(self.rule)
         batch_norm = default_batch_norm(self.rule) if self.batch_norm is None else self.batch_norm
         batch_size = default_batch_size(self.rule) if self.batch_size is None else self.batch_size
@@ -213,6 +214,16 @@ class TrainSettings:
 
     def to_dict(self) -> dict:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+
+def check_device(device: str) -> None:
+    """Refuse a device string that is not cpu, cuda or cuda:N, before anything is built."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: locallearn trains on 'cpu', 'cuda' or 'cuda:N' (GPU N)")
 
 
 def check_layer_parallel(settings: TrainSettings, world: World) -> None:
@@ -267,6 +278,8 @@ def build_parts(settings: TrainSettings, world: World = SINGLE_PROCESS) -> RunPa
     device = torch.device(rank_device(world, settings.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA GPU is visible")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} requested but {torch.cuda.device_count()} CUDA GPU(s) are visible")
     if settings.sync_batch_norm and world.is_distributed and device.type != "cuda":
         raise ValueError("--sync-batch-norm needs GPUs: torch.nn.SyncBatchNorm has no CPU implementation; "
                          "on CPUs every process normalises over its own batch")
