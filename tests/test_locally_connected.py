@@ -533,6 +533,20 @@ def test_transpose_and_weight_grad_reject(no_op_may_run):
             call()
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (((2, 2), 5), "more than the input"),  # a window larger than the padded input: no output position
+    (((8, 8), 3, 1, 0, 4), "more than the input"),  # dilation 4 spreads the 3×3 window over 9 pixels
+    (((8,), 3), "input_size"),
+    (((8, 0), 3), "input_size"),
+    (((8, 8), 3, 0), "stride"),
+    (((8, 8), 3, 1, -1), "padding"),
+    (((8, 8), 3, 1, 0, 0), "dilation"),
+])
+def test_output_size_rejects(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        locally_connected_output_size(*arguments)
+
+
 def test_native_ops_check_their_own_arguments():
     """Calling torch.ops directly, past the Python checks, still gets an error naming the argument
     (RuntimeError: the stable ABI raises no ValueError from C++; the Python API raises ValueError)."""

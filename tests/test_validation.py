@@ -77,6 +77,20 @@ def test_channel_std_rejects(value, argument):
         locallearn.channel_std(value)
 
 
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (torch.randn(4), r"features must be \(B, D\), got shape \(4,\)"),
+        (torch.ones(4, 5, dtype=torch.int64), "features must be float32"),
+        (torch.randn(4, 5, dtype=torch.complex64), "features must be float32"),
+        ([[0.0, 1.0], [1.0, 0.0]], "features"),
+    ],
+)
+def test_similarity_matrix_rejects(value, message):
+    with pytest.raises(ValueError, match=message):
+        locallearn.ops.similarity_matrix(value)
+
+
 NATIVE_ARGUMENT_ERROR = RuntimeError
 """What the native ops raise when called directly (torch.ops.locallearn.*), past the Python
 checks: LibTorch's stable ABI can raise only RuntimeError from C++; the message names the argument."""

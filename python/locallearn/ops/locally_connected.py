@@ -34,7 +34,9 @@ def locally_connected_output_size(
 ) -> tuple[int, int]:
     """(H_out, W_out) of the window sweep over an (H, W) input, as for ``torch.nn.Conv2d``."""
     window = _window(kernel_size, stride, padding, dilation)
-    return reference.locally_connected_output_size(_pair("input_size", input_size, 1), *window)
+    input_size = _pair("input_size", input_size, 1)
+    _check_window_fits(input_size, window)
+    return reference.locally_connected_output_size(input_size, *window)
 
 
 def locally_connected2d(
