@@ -511,7 +511,7 @@ def test_rejected_state_leaves_rule_unchanged(saved, loading):
     state = make_rule(saved, "mlp", init_seed=0).state_dict()
     rule = make_rule(loading, "mlp", init_seed=1)
     before = all_state(rule)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match=f"the state is of rule '{saved}', not '{loading}'"):
         rule.load_state_dict(state)
     assert states_equal(all_state(rule), before)
 
