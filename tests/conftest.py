@@ -44,3 +44,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def native_kernels(monkeypatch):
+    """For tests whose purpose is a native op: the test fails if a public op falls back to
+    its pure-PyTorch reference (``_native.serves`` answering False), and errors unless a
+    native kernel ran in it (counted by helpers.NativeDispatches). tests/test_native_dispatch.py
+    shows that routing every op to the reference turns these tests red."""
+    from helpers import NativeDispatches
+
+    from locallearn import _native
+
+    serves = _native.serves
+
+    def native_or_fail(device):
+        if not serves(device):
+            raise AssertionError(f"a public op took the reference path on {device} in a test of the native op")
+        return True
+
+    monkeypatch.setattr(_native, "serves", native_or_fail)
+    with NativeDispatches() as dispatches:
+        yield dispatches
+    assert dispatches.ops, "no native locallearn kernel ran in this test of the native ops"

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from locallearn.data import load_digits
 
@@ -69,6 +70,20 @@ def require_native(device: str) -> str:
     if device not in _native.built_devices:
         pytest.fail(f"locallearn._C does not serve {device}: {_native.load_error or 'built without it'}")
     return device
+
+
+class NativeDispatches(TorchDispatchMode):
+    """Records every ``locallearn::`` op the dispatcher runs while active: the native
+    kernels (a public op's pure-PyTorch reference path runs aten ops only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "locallearn":
+            self.ops.append(func.name())
+        return func(*args, **(kwargs or {}))
 
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"

@@ -90,11 +90,13 @@ def device(request) -> str:
 
 @pytest.fixture(params=["native", "reference"])
 def implementation(request, monkeypatch) -> str:
-    """Runs the public ops on the native op or, with serves() patched, on the reference."""
+    """Runs the public ops on the native op (which must run: conftest.native_kernels) or,
+    with serves() patched, on the reference."""
     if request.param == "reference":
         monkeypatch.setattr(_native, "serves", lambda _device: False)
     else:
         require_native("cpu")
+        request.getfixturevalue("native_kernels")
     return request.param
 
 
@@ -217,7 +219,7 @@ def test_native_non_contiguous_inputs(device, dtype, generator, full_fp32_matmul
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_native_cpu_worker_threads(threads, generator):
+def test_native_cpu_worker_threads(threads, generator, native_kernels):
     """With several threads the transpose splits batch rows and input channels into
     uneven blocks, and the worker threads, which inherit no autograd state, compute
     for inputs that require grad."""
@@ -270,11 +272,13 @@ def test_opcheck(device, dtype, generator):
 
 
 @pytest.mark.parametrize("implementation_name", ["native", "reference"])
-def test_autocast_does_not_change_the_op(device, implementation_name, generator, monkeypatch):
+def test_autocast_does_not_change_the_op(device, implementation_name, generator, monkeypatch, request):
     """Inside torch.autocast the op keeps the precision of its input: the same output
     and gradients as outside it."""
     if implementation_name == "reference":
         monkeypatch.setattr(_native, "serves", lambda _device: False)
+    else:
+        request.getfixturevalue("native_kernels")
     geometry = GEOMETRIES["3x3"]
     x, weight, bias, grad_output = random_tensors(geometry, generator, device=device)
     parameters = [t.requires_grad_() for t in (x, weight, bias)]

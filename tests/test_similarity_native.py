@@ -47,14 +47,14 @@ def assert_matches_reference(features, labels=None, target=None, num_classes=Non
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch, dim", [(2, 1), (16, 9), (37, 129), (130, 1031)])
-def test_labels_forward_backward(device, dtype, batch, dim, generator):
+def test_labels_forward_backward(device, dtype, batch, dim, generator, native_kernels):
     features = random_features((batch, dim), generator, dtype, device)
     assert_matches_reference(features, random_labels(batch, 5, generator, device), num_classes=5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch, dim", [(2, 5), (3, 7)])
-def test_tiny_batches_forward_backward(device, dtype, batch, dim, generator):
+def test_tiny_batches_forward_backward(device, dtype, batch, dim, generator, native_kernels):
     """In half precision the normalised rows are rounded before the Gram product
     (about 2^-9 per similarity); with two or three rows nothing averages that out,
     so half precision is held to its bar from B = 16 on (the other tests)."""
@@ -63,7 +63,7 @@ def test_tiny_batches_forward_backward(device, dtype, batch, dim, generator):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_few_features_forward_backward(device, dtype, generator):
+def test_few_features_forward_backward(device, dtype, generator, native_kernels):
     """Three columns: centred rows span a plane, so similarities often sit near the
     clamp's edges, which half precision cannot resolve. (With two columns every
     pair of centred rows is parallel and the gradient vanishes identically.)"""
@@ -72,14 +72,14 @@ def test_few_features_forward_backward(device, dtype, generator):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_target_matrix_forward_backward(device, dtype, generator):
+def test_target_matrix_forward_backward(device, dtype, generator, native_kernels):
     features = random_features((45, 77), generator, dtype, device)
     projection = random_features((45, 128), generator, torch.float32, device)
     assert_matches_reference(features, target=reference.similarity_matrix(projection))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_asymmetric_target_matrix(device, dtype, generator):
+def test_asymmetric_target_matrix(device, dtype, generator, native_kernels):
     """Any (B, B) target is accepted; the gradient then sees the symmetric part of S − T."""
     features = random_features((33, 20), generator, dtype, device)
     target = (torch.rand(33, 33, generator=generator) * 2 - 1).to(device)
@@ -88,18 +88,18 @@ def test_asymmetric_target_matrix(device, dtype, generator):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(16, 16, 5, 3), (17, 3, 4, 4), (16, 9, 1, 1), (18, 7, 1, 9)])
-def test_activations_forward_backward(device, dtype, shape, generator):
+def test_activations_forward_backward(device, dtype, shape, generator, native_kernels):
     features = random_features(shape, generator, dtype, device)
     assert_matches_reference(features, random_labels(shape[0], 4, generator, device), num_classes=4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_activations_tiny_batch_forward_backward(device, dtype, generator):
+def test_activations_tiny_batch_forward_backward(device, dtype, generator, native_kernels):
     features = random_features((2, 7, 1, 9), generator, dtype, device)
     assert_matches_reference(features, target=opposing_target(features.flatten(2).std(dim=2)))
 
 
-def test_non_contiguous_inputs(device, generator):
+def test_non_contiguous_inputs(device, generator, native_kernels):
     transposed = random_features((40, 23), generator, device=device).t()
     assert not transposed.is_contiguous()
     assert_matches_reference(transposed, random_labels(23, 3, generator, device), num_classes=3)
@@ -112,7 +112,7 @@ def test_non_contiguous_inputs(device, generator):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dead_rows_and_channels_stay_finite(device, dtype, generator):
+def test_dead_rows_and_channels_stay_finite(device, dtype, generator, native_kernels):
     features = random_features((8, 33), generator, dtype, device).relu()
     features[2] = 0
     features[5] = 0
@@ -131,7 +131,7 @@ def test_dead_rows_and_channels_stay_finite(device, dtype, generator):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_channel_std_forward_backward(device, dtype, generator):
+def test_channel_std_forward_backward(device, dtype, generator, native_kernels):
     """The op's float32 (opmath) result and its gradient, against float64."""
     x = random_features((5, 7, 3, 5), generator, dtype, device)
     weights = torch.rand(5, 7, generator=generator, dtype=torch.float64).add(0.5).to(device)  # positive: no cancellation
@@ -178,17 +178,19 @@ def test_torch_compile_matches_eager(device, generator):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("batch, dim", [(8192, 96), (2, 65536), (1000, 4096)])
-def test_cuda_extreme_shapes(batch, dim, generator):
+def test_cuda_extreme_shapes(batch, dim, generator, native_kernels):
     require_native("cuda")
     features = random_features((batch, dim), generator, torch.bfloat16, "cuda")
     assert_matches_reference(features, random_labels(batch, 10, generator, "cuda"), num_classes=10)
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "reference"])
-def test_autocast_does_not_change_the_op(device, native, generator, monkeypatch):
+def test_autocast_does_not_change_the_op(device, native, generator, monkeypatch, request):
     """Inside torch.autocast the op keeps its own precision: the same loss and gradient
     as outside it (autocast once recast the native op's Gram matrix and broke it)."""
-    if not native:
+    if native:
+        request.getfixturevalue("native_kernels")
+    else:
         monkeypatch.setattr(_native, "serves", lambda _device: False)
     features = random_features((37, 23), generator, torch.float32, device)
     labels = random_labels(37, 5, generator, device)
