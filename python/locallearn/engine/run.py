@@ -170,7 +170,8 @@ class TrainSettings:
     compile_mode: str | None = _option(None, "torch.compile's mode for --compile (default: reduce-overhead, "
                                              "i.e. CUDA graphs, on a GPU; default on a CPU)",
                                        choices=COMPILE_MODES)
-    deterministic: bool = _option(False, "torch deterministic algorithms (reproducible, slower)")
+    deterministic: bool = _option(False, "torch deterministic algorithms (reproducible, slower; on a GPU "
+                                            "sets CUBLAS_WORKSPACE_CONFIG=:4096:8 unless it is set)")
     log_every: int = _option(50, "steps between metrics.jsonl step records", type=int)
     checkpoint_every: int = _option(0, "also checkpoint every N steps within an epoch, so that a run killed "
                                        "mid-epoch resumes there (0: at epoch ends only)", type=int)
@@ -272,6 +273,15 @@ RANK_SEED_STRIDE = 1_000_033
 after building, so that ranks draw independent noise; rank 0 keeps a single process's stream."""
 
 
+def use_deterministic_algorithms(enabled: bool, device: torch.device) -> None:
+    """torch's deterministic algorithms (--deterministic); on a GPU, cuBLAS needs a fixed
+    workspace for them (CUBLAS_WORKSPACE_CONFIG, set here unless the user set it), or its
+    first matrix product raises."""
+    if enabled and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+
+
 def build_parts(settings: TrainSettings, world: World = SINGLE_PROCESS) -> RunParts:
     """Dataset, loaders, model and rule from fully resolved settings, seeded by them; for a
     rank of a data-parallel run, its shard of every loader and rank 0's parameters."""
@@ -284,7 +294,7 @@ def build_parts(settings: TrainSettings, world: World = SINGLE_PROCESS) -> RunPa
         raise ValueError("--sync-batch-norm needs GPUs: torch.nn.SyncBatchNorm has no CPU implementation; "
                          "on CPUs every process normalises over its own batch")
     torch.manual_seed(settings.seed)
-    torch.use_deterministic_algorithms(settings.deterministic)
+    use_deterministic_algorithms(settings.deterministic, device)
     # every stage of a layer-parallel run sees whole batches; the evaluation is sharded as in data-parallel runs
     train_shard = (0, 1) if settings.layer_parallel else (world.rank, world.size)
     if settings.data in data.STREAMED_DATASETS:
