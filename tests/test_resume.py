@@ -11,32 +11,17 @@ import time
 import pytest
 import torch
 
+from helpers import interrupt_at_step
+
 from locallearn import cli, engine
 
 TIMING_FIELDS = ("images_per_s", "train_seconds", "peak_memory_mb")
-
-
-class Interrupted(BaseException):
-    """Stands for a kill: raised from inside a training step."""
 
 
 def settings(run_dir, **changes) -> engine.TrainSettings:
     values = dict(rule="predsim", data="digits", width=32, depth=2, epochs=2, batch_size=32, device="cpu",
                   log_every=5, dropout=0.1, run_dir=str(run_dir))
     return engine.TrainSettings(**{**values, **changes})
-
-
-def stop_at(trainer, step: int) -> None:
-    """Make ``trainer`` raise :class:`Interrupted` at its ``step``-th training step."""
-    train_step, calls = trainer.rule.train_step, []
-
-    def counted(x, y):
-        calls.append(1)
-        if len(calls) == step:
-            raise Interrupted
-        return train_step(x, y)
-
-    trainer.rule.train_step = counted
 
 
 def epoch_records(run_dir) -> list[dict]:
@@ -56,8 +41,8 @@ def assert_same_end(expected_dir, actual_dir) -> None:
 def test_a_run_stopped_before_its_first_checkpoint_starts_over_when_resumed(tmp_path):
     engine.start_run(settings(tmp_path / "reference"), progress=False).fit()
     trainer = engine.start_run(settings(tmp_path / "stopped"), progress=False)
-    stop_at(trainer, 12)
-    with pytest.raises(Interrupted):
+    interrupt_at_step(trainer, 12)
+    with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert not trainer.checkpoint_path.exists()
     assert any(record["kind"] == "step" for record in engine.read_metrics(tmp_path / "stopped"))
@@ -71,8 +56,8 @@ def test_a_rule_with_a_pass_after_each_epoch_resumes_where_it_stopped(tmp_path):
     ddtp = dict(rule="ddtp", batch_norm=False, dropout=0.0, feedback_schedule="epoch", epochs=3)
     engine.start_run(settings(tmp_path / "reference", **ddtp), progress=False).fit()
     trainer = engine.start_run(settings(tmp_path / "stopped", **ddtp), progress=False)
-    stop_at(trainer, len(trainer.train_loader) + 3)
-    with pytest.raises(Interrupted):
+    interrupt_at_step(trainer, len(trainer.train_loader) + 3)
+    with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert engine.load_checkpoint(trainer.checkpoint_path)["epoch"] == 1
     engine.resume_run(tmp_path / "stopped", progress=False).fit()
@@ -129,8 +114,8 @@ def test_a_run_on_cuda_resumes_mid_epoch_to_the_uninterrupted_run(tmp_path):
     cuda = dict(device="cuda", deterministic=True, checkpoint_every=10, epochs=2)
     engine.start_run(settings(tmp_path / "reference", **cuda), progress=False).fit()
     trainer = engine.start_run(settings(tmp_path / "stopped", **cuda), progress=False)
-    stop_at(trainer, 25)
-    with pytest.raises(Interrupted):
+    interrupt_at_step(trainer, 25)
+    with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert engine.load_checkpoint(trainer.checkpoint_path)["step"] == 20
     engine.resume_run(tmp_path / "stopped", progress=False).fit()
