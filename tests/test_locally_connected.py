@@ -271,6 +271,26 @@ def test_opcheck(device, dtype, generator):
         torch.library.opcheck(op, args)
 
 
+def test_torch_compile_matches_eager(device, generator):
+    """The three ops in one compiled graph (fullgraph: no break at a locallearn op): the
+    forward, and the backward through transpose and weight_grad, as eager. (Not counted by
+    native_kernels: dynamo compiles nothing under a dispatch mode.)"""
+    geometry = GEOMETRIES["odd sizes, stride 2x1, padding 1x0, 3x2 kernel"]
+    x, weight, bias, grad_output = random_tensors(geometry, generator, device=device)
+
+    def step(x, weight, bias):
+        return (locally_connected2d(x, weight, bias, **geometry.window_kwargs).relu() * grad_output).sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    results = []
+    for function in (compiled, step):
+        parameters = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        loss = function(*parameters)
+        results.append((loss, *torch.autograd.grad(loss, parameters)))
+    for got, expected in zip(*results):
+        assert relative_error(got, expected) < 1e-5
+
+
 @pytest.mark.parametrize("implementation_name", ["native", "reference"])
 def test_autocast_does_not_change_the_op(device, implementation_name, generator, monkeypatch, request):
     """Inside torch.autocast the op keeps the precision of its input: the same output
