@@ -193,12 +193,19 @@ def test_backprop_trains_a_resnet_on_digits(frozen):
 REFUSING_RULES = {"dtp", "dtp-sigma", "sdtp", "ao-sdtp", "lra-e", "eqprop"}
 
 
+UNSTABLE_ON_RESNETS = {"ddtp": "its loss grows 2–430× in 30–100 steps at lr 1e-3 to 1e-2 and falls 0.5 % in 100 "
+                                "steps at 1e-4 (seeds 0–2): DDTP's targets are not made for residual blocks"}
+"""Rules that train a ResNet but do not learn a fixed batch on it (issue 19's review); tested for finite steps only."""
+
+
 @pytest.mark.parametrize("rule_name", RULE_NAMES)
-def test_every_rule_trains_a_resnet_or_refuses_it(rule_name, generator):
+def test_every_rule_trains_a_resnet_or_refuses_it(rule_name):
     """Each rule, on a small ResNet-20 with its paper's nonlinearity and batch-norm default,
-    either refuses it with a ValueError when built or takes finite steps that change
-    the residual blocks (two: the pred head starts at zero, so pred's first step leaves
-    the blocks as they are)."""
+    either refuses it with a ValueError when built or, in 30 steps on one fixed batch of 16,
+    brings its own loss to 0.8 of its first value or below (the batch of seed 0; measured at
+    seeds 0–2, lr 1e-2:
+    0.001 backprop, 0.14–0.22 pred, 0.59–0.68 sim, 0.61–0.66 predsim, 0.51–0.62 pred-bio,
+    0.66–0.76 sim-bio, 0.55–0.60 predsim-bio, 0.18–0.32 fa, 0.54–0.74 dfa, 0.03 al)."""
     torch.manual_seed(0)
     model = build_model("resnet20", (1, 8, 8), 10, width_multiplier=0.25, activation=default_activation(rule_name),
                         batch_norm=default_batch_norm(rule_name))
@@ -208,12 +215,14 @@ def test_every_rule_trains_a_resnet_or_refuses_it(rule_name, generator):
         return
     rule = build_rule(rule_name, model, lr=1e-2)
     before = model.blocks[5].conv2.weight.detach().clone()
-    x, y = torch.randn(16, 1, 8, 8, generator=generator), torch.arange(16) % 10
-    for _ in range(2):
-        metrics = rule.train_step(x, y)
-    assert math.isfinite(float(metrics["loss"]))
+    x, y = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 10
+    steps = 2 if rule_name in UNSTABLE_ON_RESNETS else 30
+    losses = [float(rule.train_step(x, y)["loss"]) for _ in range(steps)]
+    assert all(math.isfinite(loss) for loss in losses)
     assert not torch.equal(model.blocks[5].conv2.weight, before)
     assert rule.predict(x).shape == (16, 10)
+    if rule_name not in UNSTABLE_ON_RESNETS:
+        assert losses[-1] <= 0.8 * losses[0], losses
 
 
 @pytest.mark.parametrize("rule_name", ["dtp", "sdtp"])
