@@ -29,11 +29,11 @@ SMALL_MODELS = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def small_rule(rule_name: str, model_kind: str, init_seed: int = 0, **options):
+def small_rule(rule_name: str, model_kind: str, init_seed: int = 0, lr: float = 1e-3, **options):
     torch.manual_seed(init_seed)
     model = SMALL_MODELS[model_kind](dropout=options.pop("dropout", 0.0))
     constructor = Backprop if rule_name == "backprop" else RULES[rule_name]
-    return constructor(model, lr=1e-3, **options)
+    return constructor(model, lr=lr, **options)
 
 
 def batch_for(model, generator, batch: int = 12, dtype=torch.float32):
@@ -398,13 +398,15 @@ def test_dfa_conv_block_gradients_come_from_own_projection(generator):
 
 
 @pytest.mark.parametrize("rule_name", ["fa", "dfa"])
-def test_amp_step_keeps_float32_parameters(rule_name, generator):
-    rule = small_rule(rule_name, "conv", amp=True)
-    before = module_state(rule.model)
-    metrics = rule.train_step(*batch_for(rule.model, generator))
-    assert torch.isfinite(metrics["loss"])
+def test_amp_steps_keep_float32_parameters_and_learn_a_fixed_batch(rule_name):
+    """Under bfloat16 autocast the parameters stay float32 and finite, and 30 steps at lr 1e-2
+    bring the loss on one fixed batch to half its first value or below (measured: fa 0.18,
+    dfa 0.23)."""
+    rule = small_rule(rule_name, "conv", amp=True, lr=1e-2)
+    x, y = batch_for(rule.model, torch.Generator().manual_seed(0))
+    losses = [float(rule.train_step(x, y)["loss"]) for _ in range(30)]
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in rule.model.parameters())
-    assert not states_equal(module_state(rule.model), before)
+    assert losses[-1] <= 0.5 * losses[0], losses
 
 
 # ---------------------------------------------------------------- options and checkpoints

@@ -302,18 +302,19 @@ def test_locally_connected_network_learns_digits(rule_name, frozen_accuracy):
 
 
 @pytest.mark.parametrize("rule_name", ["pred", "sim", "dfa"])
-def test_block_rules_train_lc_blocks(rule_name, generator):
-    """The local and direct-feedback rules read features()/emit() of LC blocks like any other
-    (two steps: the pred head starts at zero, so pred's first step leaves the blocks as they are)."""
+def test_block_rules_train_lc_blocks(rule_name):
+    """The local and direct-feedback rules read features()/emit() of LC blocks like any other:
+    every LC layer moves, and 30 steps on one fixed batch bring the rule's loss to 5 % of its
+    first value or below (measured: pred 0.001, sim 0.002, dfa 0.004)."""
     torch.manual_seed(0)
     model = build_model("lc-mnist", (1, 8, 8), 10, activation=default_activation(rule_name))
     rule = build_rule(rule_name, model, lr=1e-3)
     before = [layer.weight.detach().clone() for layer in lc_layers(model)]
+    generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 1, 8, 8, generator=generator), random_labels(16, 10, generator)
-    for _ in range(2):
-        metrics = rule.train_step(x, y)
-    assert all(torch.isfinite(torch.as_tensor(value)).all() for value in metrics.values())
+    losses = [float(rule.train_step(x, y)["loss"]) for _ in range(30)]
     assert all(not torch.equal(a, layer.weight) for a, layer in zip(before, lc_layers(model)))
+    assert losses[-1] <= 0.05 * losses[0], losses
 
 
 # ---------------------------------------------------------------- benchmark
