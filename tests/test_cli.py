@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from locallearn import _native, cli, demo, info
+from locallearn import _native, cli, demo, engine, info
 
 
 def test_info_reports_versions_extension_and_ops(capsys):
@@ -31,14 +31,21 @@ def test_console_script_runs():
     assert "similarity_matching_loss" in result.stdout
 
 
-def test_demo_trains_both_rules_and_leaves_run_directories(tmp_path, capsys):
-    argv = ["demo", "--data", "digits", "--epochs", "1", "--width", "64", "--runs-dir", str(tmp_path), "--no-progress"]
+def test_demo_trains_both_rules_and_reports_what_their_runs_measured(tmp_path, capsys):
+    """On digits, 10 epochs of a 3 × 64 MLP (about 110 steps): both rules learn (measured:
+    backprop 11.5 %, predsim 16.1 % test error; chance is 90 %), and the printed table gives
+    each run's own last test error, as metrics.jsonl holds it."""
+    argv = ["demo", "--data", "digits", "--epochs", "10", "--width", "64", "--runs-dir", str(tmp_path),
+            "--no-progress"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "backprop" in out and "predsim" in out and "test error" in out
     for rule in demo.DEMO_RULES:
         (run_dir,) = tmp_path.glob(f"demo-*/{rule}")
-        assert (run_dir / "metrics.jsonl").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+        assert (run_dir / "checkpoints" / "last.pt").is_file()
+        last = [record for record in engine.read_metrics(run_dir) if record["kind"] == "epoch"][-1]
+        assert last["epoch"] == 10 and last["test_error"] < 0.3, (rule, last["test_error"])
+        (row,) = [line for line in out.splitlines() if line.startswith(f"{rule} ")]
+        assert row.split()[1] == f"{100 * last['test_error']:.2f}%", row
 
 
 def test_demo_falls_back_to_digits_without_the_dataset(tmp_path):
