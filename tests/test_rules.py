@@ -619,3 +619,33 @@ def test_channels_last_rules_run_their_conv_layers_in_nhwc_and_bfloat16():
 def test_allcnn_short_bar_is_above_untrained_features():
     frozen = digits_accuracy("backprop", "allcnn-c-short", CONV_STEPS, freeze_hidden=True)
     assert 0.1 < frozen < min(CONV_BARS.values()) - 0.05
+
+
+# ---------------------------------------------------------------- on a GPU
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("rule_name", ["predsim", "backprop"])
+def test_training_steps_on_cuda_are_the_cpu_steps(rule_name, generator):
+    """Three steps on a GPU (the CUDA kernels of the similarity op, fused SGD) against the same
+    steps on the CPU, from the same weights and batch: float32 rounding apart (TF32 off; SGD,
+    whose update is proportional to the gradient, so that rounding is not amplified)."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        states, initial = [], None
+        for device in ("cpu", "cuda"):
+            torch.manual_seed(0)
+            model = small_mlp(rule_name).to(device)
+            options = {} if rule_name == "backprop" else {"dim_in_decoder": DIM_IN_DECODER}
+            rule = build_rule(rule_name, model, lr=0.1, optimizer="sgd", **options)
+            initial = initial or {key: value.cpu() for key, value in all_state(rule).items()}
+            x, y = batch_for(rule, torch.Generator().manual_seed(1))
+            for _ in range(3):
+                rule.train_step(x.to(device), y.to(device))
+            states.append({key: value.cpu() for key, value in all_state(rule).items()})
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert any(not torch.equal(states[0][key], initial[key]) for key in initial)  # the steps moved the weights
+    for key, value in states[0].items():
+        torch.testing.assert_close(states[1][key], value, rtol=1e-4, atol=1e-6, msg=key)
