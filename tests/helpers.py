@@ -87,6 +87,20 @@ def require_native(device: str) -> str:
     return device
 
 
+def frozen_hidden_test_error(settings) -> float:
+    """The last test error of the network of ``settings`` (TrainSettings, resolved for its
+    rule: the same activation and batch norm) with its hidden blocks frozen at their
+    initialisation and its output layer trained by backprop: what a network whose hidden
+    layers never learn reaches, which an accuracy bar must beat."""
+    import dataclasses
+
+    from locallearn import engine
+
+    trainer = engine.start_run(dataclasses.replace(settings.resolved(), rule="backprop"), progress=False)
+    trainer.rule.model.blocks.requires_grad_(False)
+    return trainer.fit()["test_error"]
+
+
 class NativeDispatches(TorchDispatchMode):
     """Records every ``locallearn::`` op the dispatcher runs while active: the native
     kernels (a public op's pure-PyTorch reference path runs aten ops only)."""

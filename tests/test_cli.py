@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import frozen_hidden_test_error
+
 from locallearn import _native, cli, demo, engine, info
 
 
@@ -33,12 +35,17 @@ def test_console_script_runs():
 
 def test_demo_trains_both_rules_and_reports_what_their_runs_measured(tmp_path, capsys):
     """On digits, 10 epochs of a 3 × 64 MLP (about 110 steps): both rules learn (measured:
-    backprop 11.5 %, predsim 16.1 % test error; chance is 90 %), and the printed table gives
-    each run's own last test error, as metrics.jsonl holds it."""
+    backprop 11.5 %, predsim 16.1 % test error; the network with its hidden blocks frozen
+    69.6 %), and the printed table gives each run's own last test error, as metrics.jsonl
+    holds it."""
     argv = ["demo", "--data", "digits", "--epochs", "10", "--width", "64", "--runs-dir", str(tmp_path),
             "--no-progress"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
+    settings = {key.replace("-", "_"): value for key, value in demo.DEMO_SETTINGS.items() if key != "train-subset"}
+    assert 0.3 < frozen_hidden_test_error(engine.TrainSettings(**{
+        **settings, "rule": "backprop", "data": "digits", "epochs": 10, "width": 64,
+        "run_dir": str(tmp_path / "frozen")})) - 0.03
     for rule in demo.DEMO_RULES:
         (run_dir,) = tmp_path.glob(f"demo-*/{rule}")
         assert (run_dir / "checkpoints" / "last.pt").is_file()
