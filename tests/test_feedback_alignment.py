@@ -505,3 +505,21 @@ def test_learns_digits_above_frozen_hidden_layers(rule_name, model_name, steps, 
     assert 0.1 < frozen_accuracy[model_name] < bar - 0.005  # the bar means the hidden layers learned
     accuracy = digits_accuracy(rule_name, model_name, steps, **kwargs)
     assert accuracy >= bar, f"{rule_name} on {model_name}: {accuracy:.3f}"
+
+
+def test_a_locally_connected_fa_layer_built_directly_draws_its_feedback():
+    """Its feedback was torch.empty: uninitialised memory, input gradients up to 1e36."""
+    layer = LocallyConnectedFeedbackAlignment(3, 4, (8, 8), 3)
+    bound = layer.glorot_bound
+    assert layer.feedback.abs().max() <= bound and layer.feedback.std() > 0.4 * bound  # uniform: std = bound / √3
+    assert not torch.equal(layer.feedback, layer.weight)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    layer(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() < 100
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(3, 2), nn.Conv2d(3, 2, 3)])
+def test_converting_a_bare_layer_is_refused(layer):
+    """It cannot replace itself in place; it used to come back unconverted, silently."""
+    with pytest.raises(ValueError, match="wrap it, e.g. nn.Sequential"):
+        convert_to_feedback_alignment(layer)

@@ -122,13 +122,16 @@ class _LocallyConnectedFeedbackAlignmentFunction(torch.autograd.Function):
 
 class LocallyConnectedFeedbackAlignment(LocallyConnected2d):
     """:class:`~locallearn.nn.LocallyConnected2d` whose input gradient is the transpose
-    map (seed 003 §5.4) with a fixed random weight of the layer's layout (a buffer)."""
+    map (seed 003 §5.4) with a fixed random weight of the layer's layout (a buffer, drawn
+    like the weights: Glorot uniform with the convolution's fans)."""
 
     def __init__(self, in_channels: int, out_channels: int, input_size, kernel_size, stride=1, padding=0,
                  dilation=1, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__(in_channels, out_channels, input_size, kernel_size, stride, padding, dilation, bias,
                          device=device, dtype=dtype)
-        self.register_buffer("feedback", torch.empty_like(self.weight, requires_grad=False))
+        feedback = torch.empty_like(self.weight, requires_grad=False)
+        nn.init.uniform_(feedback, -self.glorot_bound, self.glorot_bound)
+        self.register_buffer("feedback", feedback)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
@@ -144,6 +147,9 @@ def convert_to_feedback_alignment(module: nn.Module, seed: int = 0, init: str = 
     initialisation scheme ``init`` (:func:`~locallearn.nn.weight_init.fill_weight_`; the
     FA family's is Glorot in seed 002 §4 and seed 003 §5), in module order from a generator
     seeded with ``seed``. Returns ``module``."""
+    if type(module) in (nn.Linear, nn.Conv2d, LocallyConnected2d):
+        raise ValueError(f"convert_to_feedback_alignment replaces the layers inside a module, in place; a bare "
+                         f"{type(module).__name__} cannot replace itself: wrap it, e.g. nn.Sequential(layer)")
     generator = torch.Generator().manual_seed(seed)
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
