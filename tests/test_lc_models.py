@@ -372,7 +372,7 @@ def test_layer_rejects_input_of_the_wrong_shape(shape, word):
         ((3, 4, (8, 8), 3, 0), "stride"),
         ((3, 4, (8, 8), 3, 1, -1), "padding"),
         ((3, 4, (8, 8), 3, 1, 0, 0), "dilation"),
-        ((3, 4, (4, 8), 5), "empty"),
+        ((3, 4, (4, 8), 5), "spans 5 along the height, more than the input's 4"),
     ],
 )
 def test_bad_layer_arguments(args, word):

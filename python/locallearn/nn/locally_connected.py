@@ -56,10 +56,7 @@ class _LocallyConnectedBase(nn.Module):
         self.stride = _pair("stride", stride, 1)
         self.padding = _pair("padding", padding, 0)
         self.dilation = _pair("dilation", dilation, 1)
-        grid_size = locally_connected_output_size(image_size, **self.window())
-        if min(grid_size) < 1:
-            raise ValueError(f"a {self.kernel_size} window (dilation {self.dilation}) does not fit in "
-                             f"{image_size} padded by {self.padding}: the output grid would be empty")
+        grid_size = locally_connected_output_size(image_size, **self.window())  # refuses a window that does not fit
         self.in_channels, self.out_channels = in_channels, out_channels
         self.input_size, self.output_size = (grid_size, image_size) if transposed else (image_size, grid_size)
         image_channels, grid_channels = (out_channels, in_channels) if transposed else (in_channels, out_channels)
