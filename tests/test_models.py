@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from locallearn.models import ACTIVATIONS, MODEL_NAMES, BlockSpec, HiddenBlock, build_model, initialize
+from locallearn.models.tasks import Classification, Reconstruction
 
 # Seed 004 §4, verbatim.
 PAPER_LAYOUT = {
@@ -429,3 +430,35 @@ def test_unknown_init_scheme_lists_the_valid_ones():
     model = build_model("mlp", (1, 8, 8), 10, depth=1, width=8)
     with pytest.raises(ValueError, match="orthogonal"):
         initialize(model, "kaiming")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"stride": 0}, "stride must be an int >= 1, got 0"),  # was a ZeroDivisionError while building
+    ({"kernel_size": 0}, "kernel_size must be an int >= 1, got 0"),  # was accepted: a 0 × 0 kernel, padding -1
+    ({"width": 4.5}, "width must be an int >= 1, got 4.5"),
+    ({"stride": True}, "stride must be an int >= 1, got True"),
+])
+def test_block_specs_refuse_bad_sizes(changes, message):
+    with pytest.raises(ValueError, match=message):
+        BlockSpec(**{"width": 4, **changes})
+
+
+def test_tasks_refuse_shapes_that_would_broadcast():
+    """Labels (B, 1) against logits (B, K) broadcast to B × B comparisons, and a (B, 1)
+    reconstruction against (B, D) inputs to B × D: both returned a number, silently."""
+    logits = torch.randn(4, 10)
+    classification = Classification(10)
+    for labels in (torch.arange(4)[:, None], torch.arange(3)):
+        with pytest.raises(ValueError, match=r"logits \(B, 10\) and labels \(B,\)"):
+            classification.error(logits, None, labels)
+        with pytest.raises(ValueError, match=r"logits \(B, 10\) and labels \(B,\)"):
+            classification.loss(logits, None, labels)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
+        Classification(0)
+    reconstruction, images = Reconstruction(), torch.randn(4, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"must match the flattened input, got \(4, 1\) for \(4, 64\)"):
+        reconstruction.loss(torch.randn(4, 1), images, None)
+    with pytest.raises(ValueError, match=r"got \(1, 64\) for \(4, 64\)"):
+        reconstruction.error(torch.randn(1, 64), images, None)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'none'"):
+        reconstruction.loss(torch.randn(4, 64), images, None, reduction="none")

@@ -47,6 +47,12 @@ class BlockSpec:
     max_pool: bool = False
     channel_dropout: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("width", "kernel_size", "stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BlockSpec {name} must be an int >= 1, got {value!r}")
+
 
 def scale_width(width: int, multiplier: float) -> int:
     """A layer's channel count times the network's width multiplier (at least 1)."""

@@ -49,13 +49,23 @@ class Classification(Task):
     name = "classification"
 
     def __init__(self, num_classes: int) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         self.num_classes = num_classes
 
     def loss(self, output: Tensor, x: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
+        self._check_shapes(output, y)
         return F.cross_entropy(at_least_float32(output), y, reduction=reduction)
 
     def error(self, output: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        self._check_shapes(output, y)
         return output.detach().argmax(dim=1).ne(y).float().mean()
+
+    def _check_shapes(self, output: Tensor, y: Tensor) -> None:
+        """Logits (B, num_classes) and labels (B,): other shapes would broadcast into a wrong number."""
+        if output.dim() != 2 or output.shape[1] != self.num_classes or y.shape != output.shape[:1]:
+            raise ValueError(f"classification needs logits (B, {self.num_classes}) and labels (B,), got "
+                             f"{tuple(output.shape)} and {tuple(y.shape)}")
 
     def output_activity(self, output: Tensor) -> Tensor:
         return at_least_float32(output).softmax(dim=1).to(output.dtype)
@@ -73,11 +83,22 @@ class Reconstruction(Task):
     error_name = "mean squared error"
 
     def loss(self, output: Tensor, x: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
-        squared = (at_least_float32(output) - at_least_float32(x.flatten(1))).square().sum(dim=1)
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        squared = (at_least_float32(output) - at_least_float32(self._target(output, x))).square().sum(dim=1)
         return squared.sum() if reduction == "sum" else squared.mean()
 
     def error(self, output: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return (at_least_float32(output.detach()) - at_least_float32(x.flatten(1))).square().mean()
+        return (at_least_float32(output.detach()) - at_least_float32(self._target(output, x))).square().mean()
+
+    @staticmethod
+    def _target(output: Tensor, x: Tensor) -> Tensor:
+        """The flattened input, which ``output`` must match in shape (no broadcasting)."""
+        target = x.flatten(1)
+        if output.shape != target.shape:
+            raise ValueError(f"a reconstruction (B, D) must match the flattened input, got {tuple(output.shape)} "
+                             f"for {tuple(target.shape)}")
+        return target
 
     def output_activity(self, output: Tensor) -> Tensor:
         return output
