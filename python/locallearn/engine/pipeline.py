@@ -194,6 +194,9 @@ class LayerPipeline:
         self.error_delay = world.size - 1 - self.stage if learns_late else 0
         """Batches between sending batch t on and learning from its output error (DFA)."""
         self.metric_names = rule.stage_metric_names()
+        self._live_tensors = ({id(tensor) for module in self._stage_modules(self.stage)
+                               for tensor in (*module.parameters(), *module.buffers())}
+                              if self.error_delay else set())  # what _stashed copies (loading state keeps them)
         self._sends: deque[list[tuple[dist.Work, int, Tensor]]] = deque()  # per batch: (send, destination, tensor)
 
     def describe(self) -> str:
@@ -232,8 +235,7 @@ class LayerPipeline:
     def _stashed(self):
         """Autograd saves copies of this stage's parameters and buffers, not the live tensors
         that later steps update in place (weight stashing, for a delayed error)."""
-        modules = [module for index in self.units for module in self.rule.stage_units()[index]]
-        live = {id(tensor) for module in modules for tensor in (*module.parameters(), *module.buffers())}
+        live = self._live_tensors
         return torch.autograd.graph.saved_tensors_hooks(
             lambda tensor: tensor.clone() if id(tensor) in live else tensor, lambda tensor: tensor)
 
