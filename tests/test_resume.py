@@ -1,6 +1,7 @@
 """Resuming from what a crash can leave behind (issue 19): a run stopped before its first
 checkpoint, a checkpoint write killed half-way, a checkpoint of another format, a rule with
-a pass after each epoch, and a run on CUDA. A resumed run must end as the uninterrupted one."""
+a pass after each epoch, and a run on CUDA. A resumed run must end as the uninterrupted one,
+and deletes the temporary file a killed write left."""
 
 import os
 import signal
@@ -106,6 +107,18 @@ def test_a_checkpoint_write_killed_half_way_leaves_the_previous_checkpoint_whole
     assert process.returncode == -signal.SIGKILL
     state = engine.load_checkpoint(path)
     assert torch.equal(state["data"], torch.arange(25_000_000, dtype=torch.float32) + state["round"])
+
+
+def test_resuming_deletes_what_a_killed_checkpoint_write_left_behind(tmp_path):
+    """The killed write above leaves its temporary file; resuming the run removes it and
+    touches nothing else."""
+    engine.start_run(settings(tmp_path, epochs=1), progress=False).fit()
+    checkpoints = (tmp_path / engine.CHECKPOINT_NAME).parent
+    kept = sorted(path.name for path in checkpoints.iterdir())
+    (checkpoints / ".last.pt.k1ll3d_x.tmp").write_bytes(b"half a checkpoint")
+    (checkpoints / ".step-0000000045.pt.a_b9.tmp").write_bytes(b"")
+    engine.resume_run(tmp_path, progress=False)
+    assert sorted(path.name for path in checkpoints.iterdir()) == kept
 
 
 @pytest.mark.cuda

@@ -88,9 +88,14 @@ def update_alignment(rule: Rule, x: Tensor, y: Tensor, *, measure: str = "gradie
 def angle_between(a: Tensor, b: Tensor) -> float:
     """The angle in degrees between two tensors seen as vectors, 2·atan2(‖â − b̂‖, ‖â + b̂‖)
     in float64 (exact near 0° and 180°, where acos of the cosine is not)."""
+    for name, tensor in (("a", a), ("b", b)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if a.shape != b.shape:
         raise ValueError(f"the tensors differ in shape: {tuple(a.shape)} and {tuple(b.shape)}")
     a, b = a.detach().double().flatten(), b.detach().double().flatten()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError("the angle of tensors holding NaN or infinite values is undefined")
     norm_a, norm_b = a.norm(), b.norm()
     if norm_a == 0 or norm_b == 0:
         raise ValueError("the angle with a zero vector is undefined")

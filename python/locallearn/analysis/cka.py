@@ -40,6 +40,9 @@ __all__ = ["MinibatchCKA", "cka", "cka_matrix", "gram", "hsic"]
 
 Kernel = Literal["linear", "rbf"]
 KERNELS = ("linear", "rbf")
+SYMMETRY_TOLERANCE = 1e-4
+"""How far, relative to its largest entry, a matrix hsic() takes may be from symmetric
+(a float32 product x xᵀ is symmetric only to rounding)."""
 
 
 def gram(x: Tensor, kernel: Kernel = "linear", *, sigma: float = 0.8) -> Tensor:
@@ -71,6 +74,9 @@ def hsic(k: Tensor, l: Tensor, *, debiased: bool = False) -> float:
         raise ValueError(f"k and l must be on one device, got {k.device} and {l.device}")
     k_matrix = _feature_matrix(k, "k", min_examples)
     l_matrix = _feature_matrix(l, "l", min_examples)
+    for name, matrix in (("k", k_matrix), ("l", l_matrix)):
+        if (matrix - matrix.T).abs().max() > SYMMETRY_TOLERANCE * matrix.abs().max():
+            raise ValueError(f"{name} is not symmetric, so it is not a Gram matrix; build one with gram()")
     n = k.shape[0]
     centre = _u_centre if debiased else _double_centre
     inner = (centre(k_matrix) * centre(l_matrix)).sum()

@@ -21,6 +21,8 @@ def tsne_embedding(features: torch.Tensor | np.ndarray, *, n_components: int = 2
     features = np.asarray(features, dtype=np.float64)
     if features.ndim < 2:
         raise ValueError(f"features must be (examples, ...) with at least 2 dimensions, got shape {features.shape}")
+    if len(features) < 2 or features[0].size == 0:
+        raise ValueError(f"t-SNE needs at least 2 examples of at least 1 feature, got shape {features.shape}")
     features = features.reshape(len(features), -1)
     if n_components not in (1, 2, 3):
         raise ValueError(f"n_components must be 1, 2 or 3 (Barnes-Hut t-SNE), got {n_components}")

@@ -48,8 +48,12 @@ class Augmentation:
     cutout: int = 0
 
     def __post_init__(self) -> None:
-        if self.crop_padding < 0 or self.cutout < 0:
-            raise ValueError(f"crop_padding and cutout must be >= 0, got {self.crop_padding} and {self.cutout}")
+        for name in ("crop_padding", "cutout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if not isinstance(self.horizontal_flip, bool):
+            raise ValueError(f"horizontal_flip must be True or False, got {self.horizontal_flip!r}")
 
     def draw(self, count: int, image_size: tuple[int, int], generator: torch.Generator) -> AugmentationDraws:
         """Random parameters for ``count`` examples, drawn on ``generator``'s device in a

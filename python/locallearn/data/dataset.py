@@ -32,6 +32,26 @@ class Dataset:
     x_validation: Tensor | None = None
     y_validation: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
+        splits = [("training", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]
+        if (self.x_validation is None) != (self.y_validation is None):
+            raise ValueError("give both validation images and labels, or neither")
+        if self.x_validation is not None:
+            splits.append(("validation", self.x_validation, self.y_validation))
+        for split, images, labels in splits:
+            check_examples(images, labels, f"the {split} split")
+            if images.shape[1:] != self.x_train.shape[1:]:
+                raise ValueError(f"the {split} images are {tuple(images.shape[1:])} but the training images are "
+                                 f"{tuple(self.x_train.shape[1:])}")
+            if labels.max() >= self.num_classes:
+                raise ValueError(f"the {split} split has label {labels.max().item()}, but num_classes is "
+                                 f"{self.num_classes}")
+        if len(self.mean) != self.x_train.shape[1] or len(self.std) != self.x_train.shape[1]:
+            raise ValueError(f"mean and std need one value per channel ({self.x_train.shape[1]}), got "
+                             f"{len(self.mean)} and {len(self.std)}")
+
     def input_statistics(self, scaling: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The (mean, std) a loader subtracts and divides by for ``scaling`` (INPUT_SCALINGS)."""
         return scaling_statistics(scaling, self.mean, self.std)
@@ -50,6 +70,26 @@ class Dataset:
         x_validation, y_validation = validation or (None, None)
         return cls(name, *split[:4], num_classes=split.num_classes, mean=mean, std=std, x_validation=x_validation,
                    y_validation=y_validation)
+
+
+def check_examples(images: Tensor, labels: Tensor, what: str = "the dataset") -> None:
+    """ValueError unless ``images`` (N, C, H, W), uint8 or finite floats, and ``labels``
+    (N,), integers ≥ 0, are ``what``'s N ≥ 1 examples."""
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be a 4-D tensor (N, C, H, W), got {getattr(images, 'shape', type(images))}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
+    integer = isinstance(labels, Tensor) and not labels.is_floating_point() and labels.dtype != torch.bool
+    if not integer or labels.dim() != 1:
+        raise ValueError(f"labels must be a 1-D integer tensor, got {getattr(labels, 'dtype', type(labels))}")
+    if len(images) != len(labels):
+        raise ValueError(f"{what} has {len(images)} images but {len(labels)} labels")
+    if len(labels) == 0:
+        raise ValueError(f"{what} is empty")
+    if images.is_floating_point() and not torch.isfinite(images).all():
+        raise ValueError(f"{what}'s images hold NaN or infinite values")
+    if labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got {labels.min().item()}")
 
 
 def scaling_statistics(scaling: str, mean: tuple[float, ...],

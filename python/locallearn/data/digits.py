@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -22,8 +23,17 @@ class Split(NamedTuple):
 
 
 def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Split:
-    """A stratified train/test split of the digits as (N, 1, 8, 8) float32 images."""
+    """A stratified train/test split of the digits as (N, 1, 8, 8) float32 images,
+    ``test_fraction`` of them (strictly between 0 and 1) held out for test."""
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2³²), got {seed!r}")
     digits = _sklearn_digits()
+    test_size = math.ceil(test_fraction * len(digits.target))  # as train_test_split rounds
+    if min(test_size, len(digits.target) - test_size) < 10:
+        raise ValueError(f"test_fraction={test_fraction} leaves {test_size} of {len(digits.target)} images for test: "
+                         "a stratified split needs at least one image of each of the 10 classes on both sides")
     images = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)
     labels = torch.from_numpy(digits.target).long()
     train, test = train_test_split(

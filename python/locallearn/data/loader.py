@@ -3,6 +3,7 @@ normalised there, with no worker processes and no per-batch host transfers."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -15,6 +16,7 @@ from locallearn.data.augmentation import (
     flip_horizontally,
     translate,
 )
+from locallearn.data.dataset import check_examples
 from locallearn.data.sampling import batch_sizes, check_shard, class_restricted_order, rank_slices
 
 NO_DRAWS = AugmentationDraws(shifts=None, flips=None, cutout_corners=None)
@@ -53,12 +55,8 @@ class DeviceLoader:
         classes_per_batch: int | None = None,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
-        _check_data(images, labels)
-        channels = images.shape[1]
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean and std need one value per channel ({channels}), got {len(mean)} and {len(std)}")
-        if min(std) <= 0:
-            raise ValueError(f"std must be positive, got {tuple(std)}")
+        check_examples(images, labels)
+        check_statistics(mean, std, images.shape[1])
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.rank, self.ranks = rank, ranks = check_shard(shard)
@@ -132,6 +130,19 @@ class DeviceLoader:
         return normalised
 
 
+def check_statistics(mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+    """ValueError unless ``mean`` and ``std`` give one finite value per channel and every
+    std is positive (a channel constant over the training set cannot be standardised)."""
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std need one value per channel ({channels}), got {len(mean)} and {len(std)}")
+    if not all(math.isfinite(value) for value in mean):
+        raise ValueError(f"mean must be finite, got {tuple(mean)}")
+    if not all(math.isfinite(value) and value > 0 for value in std):
+        raise ValueError(f"std must be positive and finite for every channel, got {tuple(std)}: a channel that is "
+                         "constant over the training images cannot be standardised; scale the input to [0, 1] "
+                         "instead (input scaling 'unit')")
+
+
 def normalisation(
     mean: Sequence[float], std: Sequence[float], pixel_scale: float, device: torch.device
 ) -> tuple[Tensor, Tensor]:
@@ -140,18 +151,3 @@ def normalisation(
     std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
     return (1 / (pixel_scale * std64)).to(device, torch.float32), (mean64 / std64).to(device, torch.float32)
 
-
-def _check_data(images: Tensor, labels: Tensor) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        raise ValueError(f"images must be a 4-D tensor (N, C, H, W), got {getattr(images, 'shape', type(images))}")
-    if images.dtype != torch.uint8 and not images.is_floating_point():
-        raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
-    integer = isinstance(labels, Tensor) and not labels.is_floating_point() and labels.dtype != torch.bool
-    if not integer or labels.dim() != 1:
-        raise ValueError(f"labels must be a 1-D integer tensor, got {getattr(labels, 'dtype', type(labels))}")
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    if len(labels) == 0:
-        raise ValueError("the dataset is empty")
-    if labels.min() < 0:
-        raise ValueError(f"labels must be >= 0, got {labels.min().item()}")

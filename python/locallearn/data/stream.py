@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from locallearn.data.dataset import channel_mean_std, scaling_statistics
 from locallearn.data.files import DatasetNotFoundError
 from locallearn.data.folder import ImageList, find_val_labels, labelled_flat_folder, scan_class_folders
-from locallearn.data.loader import normalisation
+from locallearn.data.loader import check_statistics, normalisation
 from locallearn.data.sampling import batch_sizes, check_shard, rank_slices
 from locallearn.data.subset import stratified_subset, validation_mask
 
@@ -59,6 +59,15 @@ class StreamedDataset:
     std: tuple[float, ...]
     validation: ImageList | None = None
 
+    def __post_init__(self) -> None:
+        for split in ("train", "test", "validation"):
+            images = getattr(self, split)
+            if not isinstance(images, ImageList) and not (split == "validation" and images is None):
+                raise ValueError(f"{split} must be an ImageList (see scan_class_folders), got {type(images).__name__}")
+        check_image_size(self.image_size)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need one value per RGB channel, got {len(self.mean)} and {len(self.std)}")
+
     @property
     def num_classes(self) -> int:
         return len(self.train.classes)
@@ -82,8 +91,10 @@ def load_streamed(name: str, data_dir: str | Path | None, *, image_size: int = 2
     if data_dir is None:
         raise DatasetNotFoundError(f"dataset {name!r} streams from an image tree: give its directory with "
                                    "--data-dir DIR (DIR/train/<class>/*.JPEG and DIR/val/)")
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+    if name not in STREAMED_DATASETS:
+        raise ValueError(f"unknown streamed dataset {name!r}; choose one of {', '.join(STREAMED_DATASETS)}")
+    check_bad_images(bad_images)
+    check_image_size(image_size)
     root = Path(data_dir).expanduser()
     train = scan_class_folders(root / "train")
     test = _held_out_split(root, train.classes)
@@ -115,6 +126,18 @@ def _held_out_split(root: Path, classes: tuple[str, ...]) -> ImageList:
                                        "or sort the images into val/<class>/")
         return labelled_flat_folder(folder, labels_file, classes)
     raise DatasetNotFoundError(f"{root} has no val/ or test/ folder beside train/")
+
+
+def check_bad_images(bad_images: object) -> None:
+    """ValueError unless ``bad_images`` is one of BAD_IMAGE_POLICIES."""
+    if bad_images not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {bad_images!r}")
+
+
+def check_image_size(image_size: object) -> None:
+    """ValueError unless ``image_size`` is an int ≥ 8 (the smallest side the views are cut to)."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
 
 
 def _estimate_statistics(images: ImageList, image_size: int, seed: int,
@@ -225,12 +248,15 @@ class StreamingLoader:
                  mean: Sequence[float], std: Sequence[float], augment: bool = True, shuffle: bool = True,
                  drop_last: bool = False, shard: tuple[int, int] = (0, 1), workers: int = 4,
                  bad_images: str = "stop", prefetch: int = 4) -> None:
-        if bad_images not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {bad_images!r}")
+        check_bad_images(bad_images)
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be an integer >= 1, got {prefetch!r}")
+        check_image_size(image_size)
+        check_statistics(mean, std, 3)
         self.rank, self.ranks = rank, ranks = check_shard(shard)
         self._batch_sizes = batch_sizes(len(images), batch_size * ranks, drop_last)
         if not self._batch_sizes:

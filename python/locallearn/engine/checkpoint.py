@@ -19,11 +19,17 @@ FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 """Format 1 (before mid-epoch checkpoints) holds one RNG state and no epoch progress; it is read as format 2."""
 STEP_NAME = re.compile(r"step-(\d+)\.pt")
+UNFINISHED_NAME = re.compile(r"\..+\.pt\.\w+\.tmp")
+"""The temporary file of a write (:func:`save_atomic`) that a crash interrupted."""
 
 
 def save_atomic(state: dict, path: str | Path) -> None:
     """Write ``state`` to ``path`` so that a reader sees the old file or the new one, never a torn one."""
+    if not isinstance(state, dict):
+        raise ValueError(f"a checkpoint's state must be a dict, got {type(state).__name__}")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: give the checkpoint's file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -60,6 +66,18 @@ def step_checkpoints(directory: str | Path) -> list[Path]:
     return sorted(path for path in directory.iterdir() if STEP_NAME.fullmatch(path.name))
 
 
+def remove_unfinished_writes(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed half-way left in ``directory`` (none
+    is ever read: the checkpoint they would have replaced is whole); returns them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    unfinished = [path for path in directory.iterdir() if UNFINISHED_NAME.fullmatch(path.name)]
+    for path in unfinished:
+        path.unlink(missing_ok=True)
+    return unfinished
+
+
 def _replace_with_link(source: Path, destination: Path) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
     os.close(handle)
@@ -80,7 +98,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # torch.load's many ways of failing on a file it cannot parse
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path} is not a locallearn checkpoint (torch.load: {first_line})") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a locallearn checkpoint: it holds a {type(state).__name__}, not a dict")
     if state.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path} is checkpoint format {state.get('format')!r}; this locallearn reads formats "
                          f"{', '.join(map(str, READABLE_FORMATS))}")

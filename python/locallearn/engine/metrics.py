@@ -11,7 +11,10 @@ class MetricsLog:
     """Appends records to ``run_dir/metrics.jsonl``; with ``tensorboard`` also writes
     every numeric field as a scalar under ``run_dir/tensorboard``."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = False) -> None:
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise ValueError(f"{run_dir} is not a directory: a metrics log is written into a run's directory")
         self.path = run_dir / "metrics.jsonl"
         self.stream = self.path.open("a", encoding="utf-8")
         self.writer = _summary_writer(run_dir / "tensorboard") if tensorboard else None
@@ -58,9 +61,20 @@ class DiscardedLog:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Every record of a JSON-lines file."""
+    """Every record of a JSON-lines file; ValueError naming the line that is not a JSON object."""
+    records = []
     with Path(path).open(encoding="utf-8") as stream:
-        return [json.loads(line) for line in stream if line.strip()]
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}, is not JSON ({error.msg}): {line.strip()[:80]!r}") from error
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {number}, is not a record (a JSON object): {line.strip()[:80]!r}")
+            records.append(record)
+    return records
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

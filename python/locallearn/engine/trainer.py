@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from locallearn.engine.checkpoint import load_checkpoint, save_atomic, save_rotating
+from locallearn.engine.checkpoint import load_checkpoint, remove_unfinished_writes, save_atomic, save_rotating
 from locallearn.engine.divergence import Divergence, DivergenceWatch
 from locallearn.engine.distributed import (
     SINGLE_PROCESS,
@@ -69,6 +69,10 @@ class Schedule:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a positive finite rate, got {self.lr}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay multiplies the rate at each milestone: it must be in (0, 1], got {self.lr_decay}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be at least 1, got {self.log_every}")
         if self.checkpoint_every < 0:
@@ -139,6 +143,13 @@ class Trainer:
     def __init__(self, rule: Rule, train_loader, test_loader, schedule: Schedule, run_dir: str | Path, *,
                  progress: bool = True, tensorboard: bool = False, validation_loader=None,
                  world: World = SINGLE_PROCESS, pipeline: LayerPipeline | None = None) -> None:
+        if not isinstance(rule, Rule):
+            raise ValueError(f"rule must be a locallearn Rule (see build_rule), got {type(rule).__name__}")
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+        for name, loader in (("train_loader", train_loader), ("test_loader", test_loader)):
+            if not hasattr(loader, "epoch"):
+                raise ValueError(f"{name} must be a DeviceLoader or StreamingLoader, got {type(loader).__name__}")
         self.rule, self.train_loader, self.test_loader = rule, train_loader, test_loader
         self.validation_loader = validation_loader
         self.schedule, self.run_dir, self.world, self.pipeline = schedule, Path(run_dir), world, pipeline
@@ -164,7 +175,10 @@ class Trainer:
         return self.run_dir / BEST_CHECKPOINT_NAME
 
     def resume(self) -> None:
-        """Continue from ``checkpoints/last.pt``: state, RNG, epoch progress and metrics as they were then."""
+        """Continue from ``checkpoints/last.pt``: state, RNG, epoch progress and metrics as they
+        were then. Rank 0 first deletes what checkpoint writes killed half-way left behind."""
+        if self.world.is_main:
+            remove_unfinished_writes(self.checkpoint_path.parent)
         state = load_checkpoint(self.checkpoint_path)
         ranks = state.get("ranks") or [{"rng": state["rng"]}]  # format 1: one rank, saved at an epoch's end
         if len(ranks) != self.world.size:

@@ -15,6 +15,8 @@ __all__ = ["INIT_SCHEMES", "initialize"]
 def initialize(model: nn.Module, scheme: str = "default", std: float = 0.05) -> None:
     """Re-initialise every linear, convolutional and locally-connected weight of ``model`` in place;
     ``"default"`` keeps PyTorch's initialisation, ``std`` is the Gaussian's."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     check_scheme(scheme, std)
     if scheme == "default":
         return

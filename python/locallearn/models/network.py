@@ -270,6 +270,9 @@ class Network(nn.Module):
         self.block_groups = tuple(tuple(range(start, start + size)) for start, size in zip(starts, sizes))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"{self.name} takes input of shape (B, {', '.join(map(str, self.input_shape))}), "
+                             f"got {tuple(x.shape)}")
         for block in self.blocks:
             x = block(x)
         return self.output(x)

@@ -49,12 +49,17 @@ class LinearFeedbackAlignment(nn.Linear):
     matrix (a buffer, drawn like the weights and never trained)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+        if min(in_features, out_features) < 1:
+            raise ValueError(f"LinearFeedbackAlignment needs at least 1 input and 1 output feature, got "
+                             f"{in_features} and {out_features}")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         feedback = torch.empty_like(self.weight, requires_grad=False)
         nn.init.kaiming_uniform_(feedback, a=math.sqrt(5))
         self.register_buffer("feedback", feedback)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"LinearFeedbackAlignment takes (..., {self.in_features}) input, got {tuple(x.shape)}")
         return _LinearFeedbackAlignmentFunction.apply(x, self.weight, self.bias, self.feedback)
 
 
@@ -219,7 +224,7 @@ class DirectFeedback(nn.Module):
 
     def matrix(self, layer: int) -> Tensor:
         """B_ℓ materialised (float32, K × N_ℓ) from the generator, whatever the mode."""
-        matrix = torch.empty(self.num_classes, self.feature_sizes[layer], device=self.seed.device)
+        matrix = torch.empty(self.num_classes, self._feature_size(layer), device=self.seed.device)
         for start, stop in self._column_ranges(layer):
             matrix[:, start:stop] = feedback_columns(self._seed, layer, self.num_classes, start, stop, matrix.device)
         return matrix
@@ -228,11 +233,18 @@ class DirectFeedback(nn.Module):
         """e B_ℓ for ``error`` e (batch × K, not requiring grad) in e's dtype: (batch × N_ℓ)."""
         if error.dim() != 2 or error.shape[1] != self.num_classes:
             raise ValueError(f"the DFA error must be (batch, K = {self.num_classes}), got {tuple(error.shape)}")
-        size = self.feature_sizes[layer]
+        size = self._feature_size(layer)
         if self.mode == "generated":
             return direct_feedback(error, self._seed, layer, size, self.chunk)
         matrix = getattr(self, f"matrix{layer}")
         return project_in_chunks(error, size, self.chunk, lambda start, stop: matrix[:, start:stop])
+
+    def _feature_size(self, layer: int) -> int:
+        """N_ℓ, or ValueError for a layer this module has no matrix for."""
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(self.feature_sizes):
+            raise ValueError(f"layer {layer!r} has no feedback matrix: this DirectFeedback has layers "
+                             f"0 to {len(self.feature_sizes) - 1}")
+        return self.feature_sizes[layer]
 
     def _column_ranges(self, layer: int) -> list[tuple[int, int]]:
         size = self.feature_sizes[layer]

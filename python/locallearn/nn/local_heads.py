@@ -14,7 +14,12 @@ from locallearn.nn.feedback import LinearFeedbackAlignment
 def pooled_size(feature_shape: tuple[int, ...], dim_in_decoder: int) -> tuple[int, int]:
     """Spatial size after the pred head's average pooling: the kernel's height and
     width are doubled in turn (as in the paper's code) until C·h·w ≤ dim_in_decoder
-    or the kernel covers the whole map."""
+    or the kernel covers the whole map. Raises ValueError for a shape that is not
+    three positive sizes (C, H, W) or a dim_in_decoder below 1."""
+    if len(feature_shape) != 3 or not all(_is_positive_int(size) for size in feature_shape):
+        raise ValueError(f"feature_shape must be three positive ints (C, H, W), got {tuple(feature_shape)}")
+    if not _is_positive_int(dim_in_decoder):
+        raise ValueError(f"dim_in_decoder must be a positive int, got {dim_in_decoder!r}")
     channels, height, width = feature_shape
     kernel_h = kernel_w = 1
     out_h, out_w = height, width
@@ -28,6 +33,17 @@ def pooled_size(feature_shape: tuple[int, ...], dim_in_decoder: int) -> tuple[in
         kernel_w *= 2
         out_w = math.ceil(width / kernel_w)
     return out_h, out_w
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_feature_shape(feature_shape: tuple[int, ...]) -> None:
+    """ValueError unless ``feature_shape`` is a block's (features,) or (C, H, W)."""
+    if len(feature_shape) not in (1, 3) or not all(_is_positive_int(size) for size in feature_shape):
+        raise ValueError(f"feature_shape must be a block's output shape without the batch, (features,) or "
+                         f"(C, H, W) of positive ints, got {tuple(feature_shape)}")
 
 
 class AveragePool(nn.Module):
@@ -55,6 +71,9 @@ class PredictionHead(nn.Module):
     def __init__(self, feature_shape: tuple[int, ...], num_outputs: int, dim_in_decoder: int,
                  feedback_alignment: bool = False) -> None:
         super().__init__()
+        _check_feature_shape(feature_shape)
+        if not _is_positive_int(num_outputs):
+            raise ValueError(f"num_outputs must be a positive int, got {num_outputs!r}")
         if len(feature_shape) == 3:
             if dim_in_decoder < feature_shape[0]:
                 raise ValueError(f"dim_in_decoder={dim_in_decoder} is below the block's {feature_shape[0]} "
@@ -85,6 +104,7 @@ class SimilarityHead(nn.Module):
 
     def __init__(self, feature_shape: tuple[int, ...], learned: bool = True, dim_in_decoder: int = 2048) -> None:
         super().__init__()
+        _check_feature_shape(feature_shape)
         conv = len(feature_shape) == 3
         if learned:
             channels = feature_shape[0]

@@ -19,8 +19,8 @@ INIT_SCHEMES = ("default", "gaussian", "orthogonal", "glorot", "he")
 def check_scheme(scheme: str, std: float) -> None:
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
-    if std <= 0:
-        raise ValueError(f"init std must be positive, got {std}")
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < math.inf:
+        raise ValueError(f"init std must be a positive finite number, got {std!r}")
 
 
 @torch.no_grad()

@@ -23,6 +23,12 @@ def require_float(name: str, tensor: Tensor) -> None:
         )
 
 
+def require_int(name: str, value: object, low: int, high: int) -> None:
+    """ValueError unless ``value`` is an int (not a bool) in [low, high)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}), got {value!r}")
+
+
 def require_same_device(name: str, tensor: Tensor, reference_name: str, reference: Tensor) -> None:
     if tensor.device != reference.device:
         raise ValueError(f"{name} is on {tensor.device} but {reference_name} is on {reference.device}")

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from locallearn import _native
 from locallearn.ops import reference
-from locallearn.ops._checks import require_float, require_tensor
+from locallearn.ops._checks import require_float, require_int, require_tensor
 
 INDEX_LIMIT = 2**32
 """Rows, columns and layers are hashed as 32-bit values."""
@@ -38,19 +38,14 @@ def direct_feedback(error: Tensor, seed: int, layer: int, num_features: int, chu
     if error.requires_grad:
         raise ValueError("error requires grad, but direct_feedback is not differentiable (the error it projects "
                          "is itself a gradient): pass error.detach()")
-    _require_int("seed", seed, -(2**63), 2**63)
-    _require_int("layer", layer, 0, INDEX_LIMIT)
-    _require_int("num_features", num_features, 0, INDEX_LIMIT)
-    _require_int("chunk", chunk, 1, 2**63)
+    require_int("seed", seed, -(2**63), 2**63)
+    require_int("layer", layer, 0, INDEX_LIMIT)
+    require_int("num_features", num_features, 0, INDEX_LIMIT)
+    require_int("chunk", chunk, 1, 2**63)
     if _native.serves(error.device):
         return torch.ops.locallearn.direct_feedback(error, seed, layer, num_features)
     with reference.autocast_off(error.device):
         return reference.direct_feedback(error, seed, layer, num_features, chunk)
-
-
-def _require_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
-        raise ValueError(f"{name} must be an int in [{low}, {high}), got {value!r}")
 
 
 if _native.extension is not None:

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from locallearn.ops._checks import require_int
+
 SIMILARITY_EPS = 1e-8
 """eps of seed 004's reference code: x̃_i / (‖x̃_i‖ + eps)."""
 
@@ -250,7 +252,13 @@ def feedback_columns(seed: int, layer: int, num_rows: int, start: int, stop: int
     with ``mix`` the 32-bit hash above and the salts from (seed, ℓ): the 2²⁴ odd
     multiples of √(3/K)/2²⁴ in (−√(3/K), √(3/K)), equally likely, so B_ℓ is uniform with
     mean 0 and variance 1/K (each unit's feedback e·B_ℓ[:, j] has the size of an average
-    output error). Temporaries: two int64 K × (stop − start) grids."""
+    output error). Temporaries: two int64 K × (stop − start) grids. Raises ValueError
+    for indices outside the generator's 32-bit range, no rows, or stop < start."""
+    require_int("seed", seed, -(2**63), 2**63)
+    require_int("layer", layer, 0, 2**32)
+    require_int("num_rows", num_rows, 1, 2**32)
+    require_int("start", start, 0, 2**32)
+    require_int("stop", stop, start, 2**32 + 1)
     row_salt, column_salt = _salts(seed, layer)
     rows = _mix32(torch.arange(num_rows, device=device) ^ row_salt)
     grid = rows[:, None] ^ _mix32(torch.arange(start, stop, device=device) ^ column_salt)

@@ -27,8 +27,7 @@ def build_rule(name: str, model: Network, *, lr: float, optimizer: str = "adam",
     rule's own settings (e.g. ``beta`` for predsim); one the rule does not take is an
     error that lists those it does. ``seed`` and the run's weight ``init`` scheme reach the
     rules that draw random matrices of their own (feedback alignment's B, drawn like the weights)."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown rule {name!r}; choose one of {', '.join(RULE_NAMES)}")
+    check_rule_name(name)
     constructor = REGISTRY[name]
     accepted = rule_options(name)
     unknown = sorted(set(options) - set(accepted))
@@ -41,8 +40,15 @@ def build_rule(name: str, model: Network, *, lr: float, optimizer: str = "adam",
     return constructor(model, lr=lr, optimizer=optimizer, weight_decay=weight_decay, amp=amp, **options)
 
 
+def check_rule_name(name: str) -> None:
+    """ValueError, listing ``RULE_NAMES``, unless ``name`` is one of them."""
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ValueError(f"unknown rule {name!r}; choose one of {', '.join(RULE_NAMES)}")
+
+
 def rule_options(name: str) -> list[str]:
     """The rule-specific keyword options of rule ``name``."""
+    check_rule_name(name)
     common = {"model", "lr", "optimizer", "weight_decay", "amp", "seed", "init", "init_std", "name"}
     parameters = inspect.signature(REGISTRY[name]).parameters
     return [option for option in parameters if option not in common]
@@ -51,6 +57,7 @@ def rule_options(name: str) -> list[str]:
 def default_activation(rule: str) -> str:
     """The nonlinearity of the rule's paper: seed 004 §4 uses ReLU for the glob and pred
     losses and leaky ReLU for sim and predsim; seeds 002 and 003 use tanh, seed 001 ELU."""
+    check_rule_name(rule)
     if rule in TANH_RULES:
         return "tanh"
     if rule == "al":
@@ -62,6 +69,7 @@ def default_batch_norm(rule: str) -> bool:
     """Whether hidden blocks get batch norm unless told otherwise: seed 004's recipe
     has it; the target-propagation, representation-alignment, associated-learning and
     equilibrium-propagation rules are defined for plain layers and refuse it."""
+    check_rule_name(rule)
     return rule not in PLAIN_LAYER_RULES
 
 
@@ -69,6 +77,7 @@ def default_batch_size(rule: str) -> int:
     """Examples per step unless told otherwise: seed 004's 128; seed 001 §3 trains AL at 32,
     and at 128 its sigmoid target autoencoders are still on their initial plateau (h₁
     predicting the class prior) after the 90 steps of ten epochs on digits."""
+    check_rule_name(rule)
     return 32 if rule == "al" else 128
 
 
@@ -76,6 +85,7 @@ def default_depth(rule: str) -> int:
     """MLP hidden layers unless told otherwise: seed 004's 3; for eqprop the one hidden layer of
     Scellier & Bengio's first network (§5), whose settling takes 20 steps where their
     3-hidden-layer one takes 500 and 500 epochs."""
+    check_rule_name(rule)
     return 1 if rule == "eqprop" else 3
 
 
