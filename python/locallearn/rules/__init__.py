@@ -27,9 +27,8 @@ def build_rule(name: str, model: Network, *, lr: float, optimizer: str = "adam",
     rule's own settings (e.g. ``beta`` for predsim); one the rule does not take is an
     error that lists those it does. ``seed`` and the run's weight ``init`` scheme reach the
     rules that draw random matrices of their own (feedback alignment's B, drawn like the weights)."""
-    check_rule_name(name)
+    accepted = rule_options(name)  # refuses an unknown name
     constructor = REGISTRY[name]
-    accepted = rule_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
